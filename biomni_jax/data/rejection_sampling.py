@@ -39,7 +39,7 @@ from biomni_jax.data.teachers import TeacherError, TeacherFactory
 from biomni_jax.data.trajectory import Trajectory, append_jsonl
 from biomni_jax.env import protocol
 from biomni_jax.env.episode import Episode, run_episode
-from biomni_jax.env.tasks import TaskFamily, TaskInstance, get_family
+from biomni_jax.env.tasks import TaskFamily, TaskInstance, get_family, sandbox_setup_code
 from biomni_jax.env.tools import import_strings, tool_specs
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,14 @@ def family_environment(family: TaskFamily, extra_tools: Sequence[str] = COMMON_T
     names = list(dict.fromkeys([*family.tools, *extra_tools]))
     specs = tool_specs(names)
     return FamilyEnvironment(family, tuple(import_strings(specs)), protocol.system_prompt(tools=specs, cfg=cfg))
+
+
+def open_session(pool: Any, env: FamilyEnvironment, instance: TaskInstance):
+    """A session of `pool` with the family's tools and, when the task has inputs, `task_inputs` bound."""
+    setup_code = sandbox_setup_code(instance)
+    if setup_code:
+        return pool.open(tools=list(env.tools), setup_code=setup_code)
+    return pool.open(tools=list(env.tools))
 
 
 def answer_hiding_pool(max_workers: int = 2, out_path: str | None = None, extra_hidden: Sequence[str] = (),
@@ -150,7 +158,7 @@ def run_candidate(env: FamilyEnvironment, instance: TaskInstance, sample_index: 
     start = time.monotonic()
     try:
         teacher = teacher_factory(instance, sample_index)
-        session = pool.open(tools=list(env.tools))
+        session = open_session(pool, env, instance)
         try:
             episode = run_episode(teacher, instance.prompt, session, cfg=cfg, max_turns=max_turns, system=env.system,
                                   timeout_s=timeout_s)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from biomni_jax.data.rejection_sampling import FamilyEnvironment
+from biomni_jax.data.rejection_sampling import FamilyEnvironment, open_session
 from biomni_jax.env import protocol
 from biomni_jax.env.episode import run_episode
 from biomni_jax.env.tasks import TaskInstance
@@ -81,7 +81,7 @@ def run_text_agent(agent_factory: Callable[[TaskInstance, int], Callable[[list[d
 
   def play(instance: TaskInstance, k: int) -> EpisodeRecord:
     env = environments[instance.task_name]
-    session = sandbox.open(tools=list(env.tools))
+    session = open_session(sandbox, env, instance)
     try:
       episode = run_episode(agent_factory(instance, k), instance.prompt, session, max_turns=max_turns,
                             system=env.system if use_system_prompt else None, timeout_s=timeout_s)

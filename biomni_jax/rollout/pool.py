@@ -38,7 +38,7 @@ import numpy as np
 from biomni_jax.data.chat import ChatRenderer
 from biomni_jax.data.rejection_sampling import FamilyEnvironment, family_environment
 from biomni_jax.env import protocol
-from biomni_jax.env.tasks import TaskInstance, get_family
+from biomni_jax.env.tasks import TaskInstance, get_family, sandbox_setup_code
 from biomni_jax.rollout.admission import AdmissionControl
 from biomni_jax.rollout.config import RolloutConfig
 from biomni_jax.rollout.episode import EpisodeAborted, run_token_episode
@@ -340,7 +340,8 @@ class RolloutPool:
         async with self._slots:
             with self._lock:
                 self._episodes_in_flight += 1
-            runner = ToolRunner(self.sandbox, gs.env.tools, self._executor, self.cfg.tool_watchdog_s)
+            runner = ToolRunner(self.sandbox, gs.env.tools, self._executor, self.cfg.tool_watchdog_s,
+                                setup_code=sandbox_setup_code(gs.instance))
             with self._lock:
                 published_at_start = self._admission.version
             try:

@@ -8,7 +8,7 @@ never stalls or kills the pool:
   - the sandbox did not answer within timeout + watchdog: the session is closed (killing its
     processes), a timeout result is returned, and the next run opens a fresh session.
 
-`sandbox` is anything with `open(tools=[...]) -> session`, the session having `run(code, timeout_s)`
+`sandbox` is anything with `open(tools=[...][, setup_code=...]) -> session` (setup_code only when the task has inputs), the session having `run(code, timeout_s)`
 (blocking) or `arun(code, timeout_s)` (a coroutine) and `close()`: biomni_jax.env.sandbox.SandboxPool,
 or a test fake.
 """
@@ -31,8 +31,9 @@ class ToolRunner:
     """Runs an episode's `<execute>` blocks in one sandbox session (opened on first use)."""
 
     def __init__(self, sandbox: Any, tools: Sequence[str], executor: concurrent.futures.Executor,
-                 watchdog_s: float = 30.0):
+                 watchdog_s: float = 30.0, setup_code: str = ""):
         self._sandbox, self._tools, self._executor = sandbox, list(tools), executor
+        self._open_kwargs = {"tools": self._tools, **({"setup_code": setup_code} if setup_code else {})}
         self._watchdog_s = float(watchdog_s)
         self._session = None
         self._lost_session = False
@@ -45,7 +46,7 @@ class ToolRunner:
         note = ""
         try:
             if self._session is None:
-                self._session = await self._in_thread(lambda: self._sandbox.open(tools=self._tools))
+                self._session = await self._in_thread(lambda: self._sandbox.open(**self._open_kwargs))
                 if self._lost_session:
                     note, self._lost_session = RESTARTED_NOTE, False
             session = self._session

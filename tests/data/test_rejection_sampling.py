@@ -17,7 +17,7 @@ from biomni_jax.data.trajectory import read_jsonl
 from biomni_jax.env import eval1, protocol
 from biomni_jax.env.episode import ScriptedAgent, run_episode
 from biomni_jax.env.experts import InProcessExecutor
-from biomni_jax.env.tasks import get_family
+from biomni_jax.env.tasks import get_family, sandbox_setup_code
 
 # The Eval1 task whose official grader each embedded family uses.
 OFFICIAL_TASK = {"sequence_qa": "lab_bench_seqqa", "patient_gene_detection": "patient_gene_detection",
@@ -112,7 +112,7 @@ def test_min_reward_drops_tasks_without_a_good_enough_candidate(pool, tmp_path):
 def _replay(factory, instance):
     family = get_family(instance.task_name)
     env = rs.family_environment(family)
-    executor = InProcessExecutor(list(dict.fromkeys([*family.tools, *rs.COMMON_TOOLS])))
+    executor = InProcessExecutor(list(dict.fromkeys([*family.tools, *rs.COMMON_TOOLS])), sandbox_setup_code(instance))
     return run_episode(factory(instance, 0), instance.prompt, executor, max_turns=8, system=env.system)
 
 
@@ -142,7 +142,8 @@ def test_scripted_experts_selection_and_rewards_recomputed_from_official_graders
             replays = []
             for k in range(n):
                 ep = run_episode(factory(x, k), x.prompt,
-                                 InProcessExecutor(list(dict.fromkeys([*get_family(name).tools, *rs.COMMON_TOOLS]))),
+                                 InProcessExecutor(list(dict.fromkeys([*get_family(name).tools, *rs.COMMON_TOOLS])),
+                                                   sandbox_setup_code(x)),
                                  max_turns=8, system=t.messages[0]["content"])
                 grade = eval1.grade(OFFICIAL_TASK[name], ep.solution, x.answer) if ep.solution is not None else 0.0
                 replays.append((grade + ep.format_reward(), ep))

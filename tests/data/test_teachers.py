@@ -13,7 +13,7 @@ from biomni_jax.data.teachers import (OpenAITeacher, OpenAITeacherConfig, Script
 from biomni_jax.env import protocol
 from biomni_jax.env.episode import run_episode
 from biomni_jax.env.experts import InProcessExecutor
-from biomni_jax.env.tasks import get_family
+from biomni_jax.env.tasks import get_family, sandbox_setup_code
 
 STOPS = protocol.stop_strings()
 
@@ -247,7 +247,8 @@ def test_openai_factory_shares_one_teacher(monkeypatch):
 
 def _play(factory, instance, k):
     family = get_family(instance.task_name)
-    return run_episode(factory(instance, k), instance.prompt, InProcessExecutor(list(family.tools)), max_turns=6)
+    return run_episode(factory(instance, k), instance.prompt, InProcessExecutor(list(family.tools), sandbox_setup_code(instance)),
+                       max_turns=6)
 
 
 def test_scripted_teachers_are_seeded_per_instance_and_sample():

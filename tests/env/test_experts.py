@@ -8,7 +8,7 @@ import pytest
 from biomni_jax.env import protocol
 from biomni_jax.env.episode import result, run_episode
 from biomni_jax.env.experts import SOLVERS, InProcessExecutor, RandomCandidateAgent, ScriptedExpert
-from biomni_jax.env.tasks import get_family
+from biomni_jax.env.tasks import get_family, sandbox_setup_code
 from biomni_jax.env.tools import import_strings, tool_specs
 
 FAMILIES = ["rare_disease_diagnosis", "patient_gene_detection", "locus_causal_gene", "sequence_qa"]
@@ -21,9 +21,9 @@ def _tools(family):
 
 def _play(name, agent, n=N_VAL, cfg=protocol.DEFAULT_CONFIG):
     family = get_family(name)
-    executor = InProcessExecutor(_tools(family))
     episodes, scores = [], []
     for x in family.instances("val", n):
+        executor = InProcessExecutor(_tools(family), setup_code=sandbox_setup_code(x))
         ep = run_episode(agent, x.prompt, executor, cfg=cfg, max_turns=8)
         episodes.append(ep)
         scores.append(family.grade(ep.solution, x.answer) if ep.solution is not None else 0.0)
@@ -108,7 +108,7 @@ def test_experts_through_the_real_sandbox(n):
             expert = ScriptedExpert(name)
             scores = []
             for x in family.instances("val", n):
-                session = pool.open(tools=import_strings(tool_specs(_tools(family))))
+                session = pool.open(tools=import_strings(tool_specs(_tools(family))), setup_code=sandbox_setup_code(x))
                 try:
                     ep = run_episode(expert, x.prompt, session, max_turns=6, timeout_s=120)
                 finally:

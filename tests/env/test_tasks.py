@@ -12,7 +12,7 @@ from Bio.SeqUtils import MeltingTemp
 
 from biomni_jax.env import eval1
 from biomni_jax.env.knowledge import get_knowledge_base
-from biomni_jax.env.tasks import SPLITS, family_names, get_family, split_of
+from biomni_jax.env.tasks import SPLITS, family_names, get_family, inputs_note, sandbox_setup_code, split_of
 
 EMBEDDED = ["locus_causal_gene", "patient_gene_detection", "rare_disease_diagnosis", "sequence_qa"]
 SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "eval1_sample" / "eval1_sample_50.jsonl"
@@ -73,13 +73,15 @@ def _prompt_skeleton(prompt):
 
 @pytest.mark.skipif(not SAMPLE.exists(), reason="Eval1 sample not available")
 @pytest.mark.parametrize("name", ["rare_disease_diagnosis", "patient_gene_detection"])
-def test_prompts_match_eval1_rows_exactly_apart_from_the_ids(name):
+def test_prompts_match_eval1_rows_exactly_apart_from_the_ids_and_the_inputs_note(name):
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
     real = {_prompt_skeleton(r["prompt"]) for r in rows if r["task_name"] == name}
     real = {re.sub(r"(<ENSG>(, )?)+", "<GENES>", p) for p in real}
     ours = get_family(name).instances("val", 30)
     for x in ours:
-        assert re.sub(r"(<ENSG>(, )?)+", "<GENES>", _prompt_skeleton(x.prompt)) in real
+        assert x.inputs and x.prompt.endswith(inputs_note(x.inputs))
+        eval1_prompt = x.prompt[:-len(inputs_note(x.inputs))]
+        assert re.sub(r"(<ENSG>(, )?)+", "<GENES>", _prompt_skeleton(eval1_prompt)) in real
     if name == "rare_disease_diagnosis":
         truth = [json.loads(r["answer"]) for r in rows if r["task_name"] == name][0]
         assert list(json.loads(ours[0].answer)) == list(truth) and isinstance(json.loads(ours[0].answer)["OMIM_ID"], str)
@@ -146,3 +148,29 @@ def test_sequence_qa_answers_recomputed_independently_with_biopython():
             end = template.find(str(Seq(rev).reverse_complement())) + len(rev)
             assert correct == f"{end - start} bp"
         assert eval1.grade("lab_bench_seqqa", f"[ANSWER]{x.answer}[/ANSWER]", x.answer) == 1.0
+
+
+@pytest.mark.parametrize("name", ["rare_disease_diagnosis", "patient_gene_detection", "locus_causal_gene",
+                                  "sequence_qa"])
+def test_task_inputs_are_the_prompts_inputs_and_bind_in_a_session(name):
+    from biomni_jax.env.experts import InProcessExecutor
+
+    for x in get_family(name).instances("val", 6):
+        assert x.inputs and x.prompt.endswith(inputs_note(x.inputs))
+        for key, value in x.inputs.items():  # every input is spelled out in the prompt as well
+            values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+            assert all(str(v) in x.prompt for v in values), (key, value)
+        executor = InProcessExecutor([], sandbox_setup_code(x))
+        assert executor.run("print(sorted(task_inputs.items()) == sorted(expected.items()))".replace(
+            "expected", repr(x.inputs))).output.strip() == "True"
+
+
+def test_setup_code_decodes_inputs_as_data_never_as_code():
+    from biomni_jax.env.experts import InProcessExecutor
+    from biomni_jax.env.tasks import TaskInstance, with_inputs
+
+    hostile = "'); import os; os._exit(3) #\"\"\"\n"
+    x = with_inputs(TaskInstance("t", "t/0", "p", "a", "val"), {"s": hostile, "n": [1, 2.5]})
+    executor = InProcessExecutor([], sandbox_setup_code(x))
+    assert executor.namespace["task_inputs"] == {"s": hostile, "n": [1, 2.5]}
+    assert sandbox_setup_code(TaskInstance("t", "t/0", "p", "a", "val")) == ""

@@ -23,9 +23,13 @@ class ExecResult:
 
 
 class InProcessExecutor:
-    def __init__(self, tool_names: list[str] | None = None):
+    """setup_code: trusted code run first (e.g. tasks.sandbox_setup_code(instance)); raises if it fails."""
+
+    def __init__(self, tool_names: list[str] | None = None, setup_code: str = ""):
         self.namespace: dict = {"__name__": "__session__"}
         self.namespace.update(resolve_all(tool_specs(tool_names)))
+        if setup_code:
+            exec(compile(setup_code, "<setup>", "exec"), self.namespace)
 
     def run(self, code: str, timeout_s: float = 600.0) -> ExecResult:
         buffer = io.StringIO()

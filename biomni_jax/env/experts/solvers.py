@@ -5,6 +5,9 @@ A solver is stateless. For one task prompt it gives:
   explore_code(inputs) -> an optional first look (e.g. names of the HPO terms)
   main_code(inputs) -> code that calls the tools and prints a `RESULT_MARKER` line followed by JSON
   ranked(inputs, result) -> candidate answers, best first (the expert answers ranked[0])
+The code reads the task's inputs from the sandbox variable `task_inputs` (tasks/base.py) rather than
+retyping them, and does the comparison work itself (e.g. matching a computed value to the options),
+printing the top candidate as an `answer:` line in the task's answer format.
   answer_text(inputs, choice) -> the solution text, exactly as the task asks for it
   sloppy_text(inputs, choice) -> a plausible but mis-formatted answer (graded 0)
   candidates(inputs) -> the candidate set a tool-less guesser would pick from (for the baseline)
@@ -16,6 +19,7 @@ import json
 import re
 
 from biomni_jax.env.knowledge import get_knowledge_base
+from biomni_jax.env.tasks.base import INPUTS_VARIABLE
 
 RESULT_MARKER = "== RESULT =="
 _HPO = re.compile(r"HP:\d{7}")
@@ -34,7 +38,8 @@ def result_from_observation(text: str):
 
 
 def _print_result(expr: str) -> str:
-    return f"import json\nprint({RESULT_MARKER!r}, json.dumps({expr}))"
+    """The machine-readable last line of main_code (which starts with `import json`)."""
+    return f"print({RESULT_MARKER!r}, json.dumps({expr}))"
 
 
 def _line(prompt: str, label: str) -> str:
@@ -42,6 +47,9 @@ def _line(prompt: str, label: str) -> str:
         if line.startswith(label):
             return line[len(label):]
     return ""
+
+
+_TI = INPUTS_VARIABLE
 
 
 class RareDiseaseSolver:
@@ -53,12 +61,15 @@ class RareDiseaseSolver:
         return {"terms": terms, "genes": genes} if terms and genes else None
 
     def explore_code(self, x):
-        return f"names = get_hpo_names({x['terms']!r})\nfor t, n in zip({x['terms']!r}, names):\n    print(t, n)"
+        return f"for t, n in zip({_TI}['phenotypes'], get_hpo_names({_TI}['phenotypes'])):\n    print(t, n)"
 
     def main_code(self, x):
-        return (f"terms = {x['terms']!r}\ngenes = {x['genes']!r}\n"
-                "ranking = rank_diseases_by_phenotypes(terms, candidate_genes=genes, top_k=5)['ranking']\n"
+        return ("import json\n"
+                f"ranking = rank_diseases_by_phenotypes({_TI}['phenotypes'], "
+                f"candidate_genes={_TI}['candidate_genes'], top_k=5)['ranking']\n"
                 "for row in ranking:\n    print(row['rank'], row['omim_id'], row['score'], row['disease_name'])\n"
+                "top = ranking[0]\n"
+                "print('answer:', json.dumps({'disease_name': top['disease_name'], 'OMIM_ID': str(top['omim_id'])}))\n"
                 + _print_result("[[r['omim_id'], r['disease_name']] for r in ranking]"))
 
     def ranked(self, x, result):
@@ -90,12 +101,14 @@ class PatientGeneSolver:
         return {"terms": terms, "genes": genes} if terms and genes else None
 
     def explore_code(self, x):
-        return f"print(ensembl_to_gene_symbol({x['genes']!r}))"
+        return f"print(ensembl_to_gene_symbol({_TI}['candidate_genes']))"
 
     def main_code(self, x):
-        return (f"terms = {x['terms']!r}\ngenes = {x['genes']!r}\n"
-                "ranking = rank_genes_by_phenotypes(terms, genes, top_k=5)['ranking']\n"
+        return ("import json\n"
+                f"ranking = rank_genes_by_phenotypes({_TI}['phenotypes'], {_TI}['candidate_genes'], top_k=5)"
+                "['ranking']\n"
                 "for row in ranking:\n    print(row['rank'], row['ensembl_id'], row['symbol'], row['score'])\n"
+                "print('answer:', {'causal_gene': [ranking[0]['ensembl_id']]})\n"
                 + _print_result("[r['ensembl_id'] for r in ranking]"))
 
     def ranked(self, x, result):
@@ -122,14 +135,16 @@ class LocusGeneSolver:
             if terms and m else None
 
     def explore_code(self, x):
-        return f"print(get_hpo_names({x['terms']!r}))"
+        return f"print(get_hpo_names({_TI}['phenotypes']))"
 
     def main_code(self, x):
-        return (f"genes = get_genes_in_region({x['chrom']!r}, {x['start']}, {x['end']})\n"
+        return ("import json\n"
+                f"genes = get_genes_in_region({_TI}['chromosome'], {_TI}['start'], {_TI}['end'])\n"
                 "print('protein-coding genes in locus:', [g['symbol'] for g in genes])\n"
-                f"ranking = rank_genes_by_phenotypes({x['terms']!r}, [g['ensembl_id'] for g in genes], top_k=5)"
-                "['ranking']\n"
+                f"ranking = rank_genes_by_phenotypes({_TI}['phenotypes'], [g['ensembl_id'] for g in genes], "
+                "top_k=5)['ranking']\n"
                 "for row in ranking:\n    print(row['rank'], row['symbol'], row['score'], row['best_disease'])\n"
+                "print('answer:', ranking[0]['symbol'])\n"
                 + _print_result("[r['symbol'] for r in ranking]"))
 
     def ranked(self, x, result):
@@ -144,6 +159,38 @@ class LocusGeneSolver:
     def candidates(self, x):
         kb = get_knowledge_base()
         return [kb.gene_symbol(g) for g in kb.genes_in_region(x["chrom"], x["start"], x["end"], "protein_coding")]
+
+
+# Per question kind: code computing the answer from `task_inputs` and the letters of the matching options.
+_SEQQA_CODE = {
+    "digest_fragments": (
+        f"r = digest_sequence({_TI}['sequence'], {_TI}['enzymes'], is_circular=False)\n"
+        "print('fragments in order:', r['fragment_lengths'])\n"
+        "target = sorted(r['fragment_lengths'])\n"
+        "matches = [k for k, v in options.items() if re.findall(r'\\d+', v) "
+        "and sorted(int(n) for n in re.findall(r'\\d+', v)) == target]\n"),
+    "cutting_enzyme": (
+        "names = [v for v in options.values() if ' ' not in v]\n"
+        f"sites = find_restriction_sites({_TI}['sequence'], names, is_circular=False)['restriction_sites']\n"
+        "counts = {e: s['number_of_sites'] for e, s in sites.items()}\nprint('sites per enzyme:', counts)\n"
+        "matches = [k for k, v in options.items() if counts.get(v, 0) > 0]\n"),
+    "translation": (
+        f"protein = translate_sequence({_TI}['sequence'], to_stop=True)\nprint('protein:', protein)\n"
+        "matches = [k for k, v in options.items() if v == protein]\n"),
+    "melting_temperature": (
+        f"tm = calculate_melting_temperature({_TI}['sequence'])['tm_celsius']\nprint('Tm:', tm)\n"
+        "values = {k: float(re.match(r'-?\\d+(?:\\.\\d+)?', v).group()) for k, v in options.items() "
+        "if re.match(r'-?\\d', v)}\n"
+        "matches = sorted(values, key=lambda k: abs(values[k] - tm))\n"),
+    "pcr_product": (
+        f"r = pcr_simple({_TI}['sequence'], {_TI}['forward_primer'], {_TI}['reverse_primer'])\n"
+        "sizes = [p['size'] for p in r['products']]\nprint('product sizes:', sizes)\n"
+        "matches = [k for k, v in options.items() if len(sizes) == 1 and v == f'{sizes[0]} bp']\n"),
+    "longest_orf": (
+        f"orfs = annotate_open_reading_frames({_TI}['sequence'], min_length=3)['orfs']\n"
+        "longest = orfs[0]['length'] if orfs else 0\nprint('longest ORF:', longest)\n"
+        "matches = [k for k, v in options.items() if v == f'{longest} nt']\n"),
+}
 
 
 class SequenceQASolver:
@@ -171,52 +218,15 @@ class SequenceQASolver:
         return None
 
     def explore_code(self, x):
-        return f"seq = {x['args'][0]!r}\nprint(len(seq), 'nt; GC fraction', round(gc_content(seq), 3))"
+        return f"seq = {_TI}['sequence']\nprint(len(seq), 'nt; GC fraction', round(gc_content(seq), 3))"
 
     def main_code(self, x):
-        kind, a = x["kind"], x["args"]
-        if kind == "digest_fragments":
-            enzymes = [e.strip() for e in a[1].split(",")]
-            return (f"r = digest_sequence({a[0]!r}, {enzymes!r}, is_circular=False)\n"
-                    "print('fragments in order:', r['fragment_lengths'])\n" + _print_result("r['fragment_lengths']"))
-        if kind == "cutting_enzyme":
-            names = [v for v in x["options"].values() if " " not in v]
-            return (f"r = find_restriction_sites({a[0]!r}, {names!r}, is_circular=False)['restriction_sites']\n"
-                    "counts = {e: v['number_of_sites'] for e, v in r.items()}\nprint(counts)\n"
-                    + _print_result("counts"))
-        if kind == "translation":
-            return (f"protein = translate_sequence({a[0]!r}, to_stop=True)\nprint(protein)\n"
-                    + _print_result("protein"))
-        if kind == "melting_temperature":
-            return (f"tm = calculate_melting_temperature({a[0]!r})['tm_celsius']\nprint(tm)\n" + _print_result("tm"))
-        if kind == "pcr_product":
-            return (f"r = pcr_simple({a[0]!r}, {a[1]!r}, {a[2]!r})\nsizes = [p['size'] for p in r['products']]\n"
-                    "print(sizes)\n" + _print_result("sizes"))
-        return (f"orfs = annotate_open_reading_frames({a[0]!r}, min_length=3)['orfs']\n"
-                "longest = orfs[0]['length'] if orfs else 0\nprint(longest)\n" + _print_result("longest"))
+        return ("import json, re\n" f"options = {_TI}['options']\n" + _SEQQA_CODE[x["kind"]]
+                + "print('matching options:', matches)\n" + _print_result("matches"))
 
     def ranked(self, x, result):
-        """Option letters, best match first (only options consistent with the computed result)."""
-        if result is None:
-            return None
-        kind, options = x["kind"], x["options"]
-
-        def numbers(text):
-            return [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", text)]
-
-        if kind == "digest_fragments":
-            target = sorted(result)
-            return [k for k, v in options.items() if sorted(int(n) for n in numbers(v)) == target and numbers(v)]
-        if kind == "cutting_enzyme":
-            return [k for k, v in options.items() if result.get(v, 0) > 0]
-        if kind == "translation":
-            return [k for k, v in options.items() if v == result]
-        if kind == "melting_temperature":
-            scored = [(abs(numbers(v)[0] - result), k) for k, v in options.items() if numbers(v)]
-            return [k for _, k in sorted(scored)]
-        if kind == "pcr_product":
-            return [k for k, v in options.items() if numbers(v) and len(result) == 1 and numbers(v)[0] == result[0]]
-        return [k for k, v in options.items() if numbers(v) and numbers(v)[0] == result]
+        """The option letters the code matched, best first."""
+        return [k for k in result if k in x["options"]] if result else None
 
     def answer_text(self, x, choice):
         return f"[ANSWER]{choice}[/ANSWER]"

@@ -21,7 +21,13 @@ SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
 @dataclasses.dataclass(frozen=True)
 class TaskInstance:
-    """One task: the prompt the agent sees and the ground-truth answer its grader compares against."""
+    """One task: the prompt the agent sees and the ground-truth answer its grader compares against.
+
+    inputs: the task's inputs as plain data (str, int, float, lists and dicts of them). When not empty,
+      every sandbox session of the episode starts with them bound to the variable `task_inputs`, and
+      the prompt says so (see `with_inputs`), so code reads long inputs (sequences, id lists) instead
+      of retyping them.
+    """
 
     task_name: str
     instance_id: str
@@ -29,6 +35,34 @@ class TaskInstance:
     answer: str
     split: str
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+INPUTS_VARIABLE = "task_inputs"
+
+
+def inputs_note(inputs: dict[str, Any]) -> str:
+    """The line appended to a prompt whose task has inputs: the variable's name and its keys."""
+    keys = ", ".join(repr(k) for k in inputs)
+    return f"\nThe inputs are also in the Python variable `{INPUTS_VARIABLE}` (a dict with keys {keys}).\n"
+
+
+def with_inputs(instance: TaskInstance, inputs: dict[str, Any]) -> TaskInstance:
+    """The instance with `inputs` attached and `inputs_note` appended to its prompt (the prompt is kept as is)."""
+    return dataclasses.replace(instance, prompt=instance.prompt + inputs_note(inputs), inputs=dict(inputs))
+
+
+def sandbox_setup_code(instance: TaskInstance) -> str:
+    """Python that binds the instance's inputs in a fresh sandbox session ("" when it has none).
+
+    The inputs are embedded as a JSON string literal and decoded in the sandbox, so no input text is
+    ever evaluated as code.
+    """
+    if not instance.inputs:
+        return ""
+    import json
+    payload = json.dumps(instance.inputs)
+    return f"import json as _json\n{INPUTS_VARIABLE} = _json.loads({payload!r})\ndel _json"
 
 
 def _unit_interval(text: str) -> float:

@@ -19,7 +19,7 @@ import math
 
 from biomni_jax.env import eval1
 from biomni_jax.env.knowledge import KnowledgeBase, get_knowledge_base
-from biomni_jax.env.tasks.base import TaskFamily, TaskInstance, split_of
+from biomni_jax.env.tasks.base import TaskFamily, TaskInstance, split_of, with_inputs
 from biomni_jax.env.tasks.patients import sample_patient_terms, unique_best
 from biomni_jax.env.tasks.registry import register
 
@@ -109,9 +109,11 @@ class RareDiseaseDiagnosis(_KnowledgeFamily):
                   f"Candidate genes: {[kb.gene_ids[g]]}\n\n"
                   "Output format: {'disease_name': XXX, 'OMIM_ID': XXX}\n        ")
         answer = json.dumps({"disease_name": kb.disease_name(d), "OMIM_ID": omim})
-        return TaskInstance(self.name, self.instance_id(split, index), prompt, answer, split,
-                            {"omim_id": omim, "gene": kb.gene_symbol(g), "n_candidates": len(candidates),
-                             "n_terms": len(terms), "attempt": attempt})
+        instance = TaskInstance(self.name, self.instance_id(split, index), prompt, answer, split,
+                                {"omim_id": omim, "gene": kb.gene_symbol(g), "n_candidates": len(candidates),
+                                 "n_terms": len(terms), "attempt": attempt})
+        return with_inputs(instance, {"phenotypes": [kb.term_id(t) for t in terms],
+                                      "candidate_genes": [kb.gene_ids[g]]})
 
 
 @register("patient_gene_detection")
@@ -161,9 +163,11 @@ class PatientGeneDetection(_KnowledgeFamily):
                   f"Phenotypes: {format_terms(kb, terms)}\n"
                   f"Candidate genes: {', '.join(kb.gene_ids[c] for c in candidates)}\n\n"
                   "Output format: {'causal_gene': [gene1]}\n        ")
-        return TaskInstance(self.name, self.instance_id(split, index), prompt, kb.gene_ids[g], split,
-                            {"gene": kb.gene_symbol(g), "omim_id": kb.disease_ids[d].split(":")[1],
-                             "n_candidates": len(candidates), "n_terms": len(terms), "attempt": attempt})
+        instance = TaskInstance(self.name, self.instance_id(split, index), prompt, kb.gene_ids[g], split,
+                                {"gene": kb.gene_symbol(g), "omim_id": kb.disease_ids[d].split(":")[1],
+                                 "n_candidates": len(candidates), "n_terms": len(terms), "attempt": attempt})
+        return with_inputs(instance, {"phenotypes": [kb.term_id(t) for t in terms],
+                                      "candidate_genes": [kb.gene_ids[c] for c in candidates]})
 
 
 @register("locus_causal_gene")
@@ -215,7 +219,9 @@ class LocusCausalGene(_KnowledgeFamily):
                   "likely causal gene.\nIdentify the causal gene.\n"
                   f"Phenotypes: {format_terms(kb, terms)}\n"
                   f"Locus: chr{chrom}:{start}-{end} (GRCh38)\n")
-        return TaskInstance(self.name, self.instance_id(split, index), prompt, kb.gene_symbol(g), split,
-                            {"ensembl_id": kb.gene_ids[g], "omim_id": kb.disease_ids[d].split(":")[1],
-                             "n_candidates": len(in_window), "n_terms": len(terms), "attempt": attempt,
-                             "chance": 1.0 / len(in_window) if in_window else math.nan})
+        instance = TaskInstance(self.name, self.instance_id(split, index), prompt, kb.gene_symbol(g), split,
+                                {"ensembl_id": kb.gene_ids[g], "omim_id": kb.disease_ids[d].split(":")[1],
+                                 "n_candidates": len(in_window), "n_terms": len(terms), "attempt": attempt,
+                                 "chance": 1.0 / len(in_window) if in_window else math.nan})
+        return with_inputs(instance, {"phenotypes": [kb.term_id(t) for t in terms], "chromosome": chrom,
+                                      "start": start, "end": end})

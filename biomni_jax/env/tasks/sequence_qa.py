@@ -21,7 +21,7 @@ from Bio.Seq import Seq
 from Bio.SeqUtils import MeltingTemp
 
 from biomni_jax.env import eval1
-from biomni_jax.env.tasks.base import TaskFamily, TaskInstance
+from biomni_jax.env.tasks.base import TaskFamily, TaskInstance, with_inputs
 from biomni_jax.env.tasks.registry import register
 from biomni_jax.env.tools import sequence_tools
 
@@ -68,8 +68,9 @@ def _lengths_text(lengths: list[int]) -> str:
     return ", ".join(str(x) for x in lengths)
 
 
-# Each maker returns (question, correct option text, three distinct wrong option texts, metadata) or
-# None when this draw cannot give four distinct options.
+# Each maker returns (question, correct option text, three distinct wrong option texts, metadata, inputs)
+# or None when this draw cannot give four distinct options. `inputs` are the question's inputs as data
+# (the sandbox's `task_inputs`; make_instance adds the lettered options).
 
 def _digest_fragments(rng):
     seq = _random_dna(rng, int(rng.integers(300, 900)))
@@ -99,7 +100,8 @@ def _digest_fragments(rng):
         return None
     question = (f"What fragment lengths should I expect to see after digesting the sequence {seq} "
                 f"with the following enzymes: {e1}, {e2}?")
-    return question, _lengths_text(both), [_lengths_text(w) for w in distinct[:3]], {"enzymes": [e1, e2]}
+    return (question, _lengths_text(both), [_lengths_text(w) for w in distinct[:3]], {"enzymes": [e1, e2]},
+            {"sequence": seq, "enzymes": [e1, e2]})
 
 
 def _cutting_enzyme(rng):
@@ -110,7 +112,7 @@ def _cutting_enzyme(rng):
     if cuts[names[0]] == 0 or any(cuts[n] for n in names[1:]):
         return None
     question = f"Which of the following restriction enzymes cuts the linear sequence {seq}?"
-    return question, names[0], names[1:], {"enzyme": names[0]}
+    return question, names[0], names[1:], {"enzyme": names[0]}, {"sequence": seq}
 
 
 def _translation(rng):
@@ -127,7 +129,7 @@ def _translation(rng):
         return None
     question = (f"What protein does the coding sequence {orf} encode (standard genetic code, reading frame 1, "
                 "translated up to the first stop codon)?")
-    return question, protein, wrong, {}
+    return question, protein, wrong, {}, {"sequence": orf}
 
 
 def _melting_temperature(rng):
@@ -139,7 +141,7 @@ def _melting_temperature(rng):
         return None
     question = (f"What is the melting temperature of the primer {primer} computed with the nearest-neighbor "
                 "method (Biopython Tm_NN defaults: DNA_NN3 table, 50 nM primer, 50 mM Na+)?")
-    return question, f"{tm:.1f} °C", [f"{tm + o:.1f} °C" for o in offsets], {"tm": tm}
+    return question, f"{tm:.1f} °C", [f"{tm + o:.1f} °C" for o in offsets], {"tm": tm}, {"sequence": primer}
 
 
 def _pcr_product(rng):
@@ -158,7 +160,8 @@ def _pcr_product(rng):
     picked = [wrong[i] for i in rng.choice(len(wrong), size=3, replace=False)]
     question = (f"I amplify the template {template} with the primers {forward}, {reverse}. "
                 "How long is the PCR product, in base pairs?")
-    return question, f"{size} bp", [f"{w} bp" for w in picked], {"size": size}
+    return (question, f"{size} bp", [f"{w} bp" for w in picked], {"size": size},
+            {"sequence": template, "forward_primer": forward, "reverse_primer": reverse})
 
 
 def _longest_orf(rng):
@@ -174,7 +177,7 @@ def _longest_orf(rng):
     picked = [wrong[i] for i in rng.choice(len(wrong), size=3, replace=False)]
     question = (f"What is the length, in nucleotides and including the stop codon, of the longest open reading "
                 f"frame (ATG to the first in-frame stop codon) on the forward strand of {seq}?")
-    return question, f"{longest} nt", [f"{w} nt" for w in picked], {"length": longest}
+    return question, f"{longest} nt", [f"{w} nt" for w in picked], {"length": longest}, {"sequence": seq}
 
 
 MAKERS = {"digest_fragments": _digest_fragments, "cutting_enzyme": _cutting_enzyme, "translation": _translation,
@@ -202,14 +205,15 @@ class SequenceQA(TaskFamily):
             made = MAKERS[kind](rng)
             if made is None:
                 continue
-            question, correct, wrong, meta = made
+            question, correct, wrong, meta, inputs = made
             options = [correct] + list(wrong)
             order = list(rng.permutation(4))
             options = [options[i] for i in order]
             options.insert(int(rng.integers(0, 5)), INSUFFICIENT)
             letter = LETTERS[options.index(correct)]
-            return TaskInstance(self.name, self.instance_id(split, index), _render(question, options), letter, split,
-                                {"kind": kind, "options": options, "attempt": attempt, **meta})
+            instance = TaskInstance(self.name, self.instance_id(split, index), _render(question, options), letter,
+                                    split, {"kind": kind, "options": options, "attempt": attempt, **meta})
+            return with_inputs(instance, {**inputs, "options": dict(zip(LETTERS, options))})
         raise RuntimeError(f"sequence_qa: no valid {kind} question for split={split!r} index={index}")
 
     def grade(self, prediction, answer: str) -> float:
