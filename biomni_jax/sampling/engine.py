@@ -8,12 +8,17 @@
 
 A session is the token history of one episode (every id fed or sampled) plus, while it holds one, a
 cache slot whose first `cached` positions hold the history's K/V. Between turns a session keeps its slot;
-when a request needs a slot and none is free, the least recently used idle session loses its slot and
-re-prefills its history on its next turn (so there may be more sessions than slots).
+when a request needs a slot and none is free, the least recently used idle session loses its slot (so
+there may be more sessions than slots). Its K/V prefix is copied to host memory first (up to
+`host_offload_bytes` in all, least recently used copies dropped first) and copied back into whichever
+slot it gets next; a session without a copy re-prefills its history.
 
 Each loop iteration: apply queued commands (submits, closes, weight updates), give slots to waiting
-requests, prefill up to `max_prefill_chunk` tokens (chunks of bucketed length, one slot at a time), then
-one decode step over all slots. Failures stay local: a bad request or a failing callback fails that
+requests, prefill one chunk (at most `max_prefill_chunk` tokens) of every slot that has tokens to
+prefill, then one decode step over all slots. A request's chunk is padded to the smallest bucket of
+`kv_cache.prefill_buckets` that holds it; the chunks of one bucket (up to `max_prefill_rows` of them) go
+to the device in one call, which runs them one after another (`steps.prefill_rows`), so a request's
+numbers never depend on what else is prefilled with it. Failures stay local: a bad request or a failing callback fails that
 request's future; a failing device step fails the requests it carried, rebuilds the cache, and sessions
 re-prefill. The thread itself never exits until `shutdown`.
 """
@@ -52,6 +57,8 @@ class Session:
   busy: bool = False
   closed: bool = False
   last_used: int = 0
+  offloaded: Optional[tuple] = None  # host (k, v) [L, P, K, D] of the first `offloaded_len` positions
+  offloaded_len: int = 0
 
 
 @dataclasses.dataclass(eq=False)
@@ -75,14 +82,19 @@ class Engine:
 
   def __init__(self, config: M.ModelConfig, params, mesh=None, num_slots: int = 8, max_len: int = 4096, *,
                detokenize: Optional[Callable[[Sequence[int]], str]] = None, max_prefill_chunk: int = 256,
-               min_prefill_bucket: int = 16, decode_block: int = 128, version: int = 0, start: bool = True):
+               min_prefill_bucket: int = 16, decode_block: int = 128, max_prefill_rows: Optional[int] = None,
+               host_offload_bytes: int = 4 << 30, version: int = 0, start: bool = True):
     if num_slots < 1 or max_len < 2:
       raise ValueError(f"Engine needs num_slots >= 1 and max_len >= 2, found {num_slots}, {max_len}")
     self.config, self.num_slots, self.max_len = config, int(num_slots), int(max_len)
     self.rules = mesh if isinstance(mesh, ShardingRules) or mesh is None else ShardingRules(mesh)
     self.detokenize = detokenize
     self.buckets = kv_cache.prefill_buckets(min(min_prefill_bucket, max_prefill_chunk), max_prefill_chunk)
+    self.max_prefill_rows = min(max_prefill_rows or self.num_slots, self.num_slots)
     self.cache_len = kv_cache.cache_length(self.max_len, max_prefill_chunk, decode_block)
+    self.offload_buckets = kv_cache.prefill_buckets(min(decode_block, self.cache_len), self.cache_len)
+    self.host_offload_bytes = int(host_offload_bytes)
+    self._offloaded: dict[int, Session] = {}  # session id -> session holding a host copy, oldest first
     self._param_shardings = None if self.rules is None else M.param_shardings(config, self.rules)
     self._params, self._version = self._place(params), int(version)
     self._decode_params = unstack_layers(self._params)
@@ -95,8 +107,8 @@ class Engine:
     self._ids = itertools.count()
     self._clock = itertools.count()
     self._stopping = False
-    self.stats = dict(decode_steps=0, decoded_tokens=0, prefill_chunks=0, prefilled_tokens=0, evictions=0,
-                      step_failures=0, request_failures=0)
+    self.stats = dict(decode_steps=0, decoded_tokens=0, prefill_calls=0, prefill_chunks=0, prefilled_tokens=0,
+                      evictions=0, offloads=0, restored_tokens=0, step_failures=0, request_failures=0)
     self._thread = threading.Thread(target=self._run, name="biomni-sampling-engine", daemon=True)
     if start:
       self._thread.start()
@@ -209,6 +221,7 @@ class Engine:
 
   def _close(self, session: Session) -> None:
     session.closed = True
+    self._drop_offload(session)
     if not session.busy:
       self._release_slot(session)
 
@@ -270,42 +283,103 @@ class Engine:
       idle = [o for o in self._slot_owner if o is not None and not o.busy]
       if not idle:
         return False
+      self._offloaded.pop(session.id, None)  # its own copy is about to be used: not the victim's room
       victim = min(idle, key=lambda o: o.last_used)
       free = [victim.slot]
+      self._offload(victim)
       self._release_slot(victim)
       self.stats["evictions"] += 1
     session.slot, session.cached = free[0], 0
     self._slot_owner[free[0]] = session
+    self._restore(session)
     return True
 
-  def _prefill_some(self) -> None:
-    budget = self.buckets[-1]
-    for req in [r for r in self._active if r.state == "prefill"]:
-      if budget <= 0:
-        return
-      try:
-        budget -= self._prefill_chunk(req)
-      except Exception as exc:  # noqa: BLE001 - e.g. a failing detokenize callback
-        self._fail(req, exc)
-        if self._cache_deleted():  # the device step itself failed: every slot's K/V is gone
-          raise
+  # ------------------------------------------------------------------------------ host offload of K/V
 
-  def _prefill_chunk(self, req: _Request) -> int:
-    s, p = req.session, req.params
-    real, bucket = kv_cache.split_into_chunks(len(s.history) - s.cached, self.buckets)[0]
-    chunk = np.zeros((1, bucket), np.int32)
-    chunk[0, :real] = s.history[s.cached:s.cached + real]
-    token, logprob, self._cache = self._steps.prefill(
-        self._params, self._cache, s.slot, chunk, s.cached, real - 1, req.key_data[None], [0], [p.temperature],
-        [p.top_p], [p.top_k])
-    s.cached += real
-    req.prefilled += real
-    self.stats["prefill_chunks"] += 1
-    self.stats["prefilled_tokens"] += real
-    if s.cached == len(s.history):
-      req.state = "decode"
-      self._accept(req, int(token[0]), float(logprob[0]))
-    return bucket
+  def _offload_bucket(self, length: int) -> int:
+    return next(b for b in self.offload_buckets if b >= length)
+
+  def _offload(self, session: Session) -> None:
+    """Copies the evicted session's valid K/V prefix to host memory, within `host_offload_bytes`."""
+    n = session.cached
+    if n <= 0 or self.host_offload_bytes <= 0:
+      return
+    bucket = self._offload_bucket(n)
+    k, v = self._steps.read_slot(self._cache, session.slot, bucket)
+    nbytes = 2 * k.size * k.dtype.itemsize
+    if nbytes > self.host_offload_bytes:
+      return
+    while self._offloaded and self._offloaded_bytes() + nbytes > self.host_offload_bytes:
+      self._drop_offload(next(iter(self._offloaded.values())))
+    session.offloaded, session.offloaded_len = (np.asarray(k), np.asarray(v)), n
+    self._offloaded[session.id] = session
+    self.stats["offloads"] += 1
+
+  def _offloaded_bytes(self) -> int:
+    return sum(x.nbytes for s in self._offloaded.values() for x in s.offloaded)
+
+  def _drop_offload(self, session: Session) -> None:
+    self._offloaded.pop(session.id, None)
+    session.offloaded, session.offloaded_len = None, 0
+
+  def _restore(self, session: Session) -> None:
+    """Writes a host copy back into the session's new slot: those positions need no prefill."""
+    if session.offloaded is None:
+      return
+    (k, v), n = session.offloaded, min(session.offloaded_len, len(session.history))
+    self._drop_offload(session)
+    self._cache = self._steps.write_slot(self._cache, session.slot, k, v)
+    session.cached = n
+    self.stats["restored_tokens"] += n
+
+  def _prefill_some(self) -> None:
+    """One chunk of every prefilling request: one device call per chunk bucket."""
+    by_bucket: dict[int, list] = {}
+    for r in self._active:
+      if r.state == "prefill":
+        real = min(len(r.session.history) - r.session.cached, self.buckets[-1])
+        bucket = next(b for b in self.buckets if b >= real)
+        group = by_bucket.setdefault(bucket, [])
+        if len(group) < self.max_prefill_rows:
+          group.append((r, real))
+    for bucket, group in sorted(by_bucket.items()):
+      self._prefill_call(bucket, group)
+
+  def _prefill_call(self, width: int, group: list) -> None:
+    rows = self.max_prefill_rows
+    tokens, slots, starts, lasts, top_k = (np.zeros((rows, width), np.int32), *(np.zeros(rows, np.int32)
+                                                                                 for _ in range(4)))
+    temperature, top_p = np.zeros(rows, np.float32), np.ones(rows, np.float32)
+    key_data = np.zeros((rows, 2), np.uint32)
+    for i, (r, real) in enumerate(group):
+      s, p = r.session, r.params
+      tokens[i, :real] = s.history[s.cached:s.cached + real]
+      slots[i], starts[i], lasts[i] = s.slot, s.cached, real - 1
+      temperature[i], top_p[i], top_k[i], key_data[i] = p.temperature, p.top_p, p.top_k, r.key_data
+    try:
+      out_tokens, out_logprobs, self._cache = self._steps.prefill(
+          self._params, self._cache, len(group), slots, tokens, starts, lasts, key_data, np.zeros(rows, np.int32),
+          temperature, top_p, top_k)
+      out_tokens, out_logprobs = np.asarray(out_tokens), np.asarray(out_logprobs)
+    except Exception as exc:  # noqa: BLE001 - the requests this call carried fail; others carry on
+      for r, _ in group:
+        self._fail(r, exc)
+      if self._cache_deleted():  # every slot's K/V is gone
+        raise
+      return
+    self.stats["prefill_calls"] += 1
+    for i, (r, real) in enumerate(group):
+      s = r.session
+      s.cached += real
+      r.prefilled += real
+      self.stats["prefill_chunks"] += 1
+      self.stats["prefilled_tokens"] += real
+      if s.cached == len(s.history):
+        r.state = "decode"
+        try:
+          self._accept(r, int(out_tokens[i]), float(out_logprobs[i]))
+        except Exception as exc:  # noqa: BLE001 - e.g. a failing detokenize callback
+          self._fail(r, exc)
 
   # ------------------------------------------------------------------------------------------ decoding
 
