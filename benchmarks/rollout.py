@@ -1,6 +1,7 @@
 """Trajectories per minute: the asynchronous rollout pool vs the batch-synchronous loop vs the ideal bound.
 
-    /work/venv/bin/python benchmarks/rollout.py [--batches 4] [--turns 4] [--tokens 24] [--slots 8]
+    /work/venv/bin/python benchmarks/rollout.py [--batches 8] [--warmup 2] [--turns 4] [--tokens 24] [--slots 8]
+        [--staleness 1] [--concurrency 2]
 
 Setup. The engine is the real JAX engine on the tiny random Qwen3 (continuous batching, KV sessions):
 every turn really generates `--tokens` tokens. A random model writes no protocol tags, so the reply
@@ -14,10 +15,15 @@ Peers, on the same episodes (B groups x G = slots episodes per batch):
          all wait for the slowest; every tool runs, all wait for the slowest tool; next turn; the
          next batch starts when the whole batch has finished.
   async  RolloutPool with max_staleness S (default 1) and --concurrency x slots episodes in flight; a fake
-         trainer takes B groups per step and publishes a new version (same weights).
+         trainer takes B groups per step and publishes a new version (same weights). Timed in steady state:
+         from the delivery of the --warmup-th batch to that of --batches more (work already started for
+         later batches is not counted; restarts of stale episodes are).
   bound  max(generation-bound, tool-bound): generation-bound = turns x episodes / slots x the
          measured full-batch turn time; tool-bound = total tool seconds / episodes in flight (async).
-Printed: trajectories/min of each, async/sync and async/bound, engine busy fraction.
+         turn time is the median of 7 full-batch turns (8 prompts of 59 tokens, one batched prefill call).
+Printed: trajectories/min of each, async/sync and async/bound, process CPU seconds of each timed run,
+and the engine's own accounting of the timed async run (decode rows in use, tokens decoded vs
+delivered, prefill calls, host offloads of evicted sessions, seconds in decode / prefill / admission).
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class ScriptedTextEngine:
 
     def __init__(self, engine: AsyncEngine, renderer, turns, tokens, tool_mean_s, seed=0):
         self.inner, self.renderer, self.turns, self.tokens = engine, renderer, turns, tokens
+        self.engine = engine.engine  # the pool reads the slot count from here
         self.tool_mean_s, self.seed = tool_mean_s, seed
         self._turn, self._instance = {}, {}
 
@@ -157,7 +164,7 @@ async def sync_loop(engine, renderer, env, cfg, batches):
     return done
 
 
-def full_batch_turn_time(engine: Engine, slots, tokens, repeats=3):
+def full_batch_turn_time(engine: Engine, slots, tokens, repeats=7):
     sp = SamplingParams(temperature=1.0, max_new_tokens=tokens)
     prompt = list(range(1, 60))
     times = []
@@ -171,7 +178,8 @@ def full_batch_turn_time(engine: Engine, slots, tokens, repeats=3):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--batches", type=int, default=8, help="timed batches of each peer")
+    ap.add_argument("--warmup", type=int, default=2, help="async batches delivered before the timed ones")
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=24)
     ap.add_argument("--slots", type=int, default=8)
@@ -201,34 +209,40 @@ def main(argv=None):
 
     asyncio.run(sync_loop(scripted, renderer, env, cfg, 1))  # warm-up: compile every prefill bucket
     compiled = len(engine.compilations)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     done = asyncio.run(sync_loop(scripted, renderer, env, cfg, args.batches))
-    sync_s = time.perf_counter() - t
+    sync_s, sync_cpu = time.perf_counter() - t, time.process_time() - cpu
     assert done == n_traj, f"sync loop: expected {n_traj} solved trajectories, found {done}"
     if len(engine.compilations) != compiled:
         print(f"note: {len(engine.compilations) - compiled} programs compiled during the timed sync run")
 
-    def run_pool(batches, first_version):
+    def run_pool(warmup, batches, first_version):
+        """Delivers warmup + batches batches; times the last `batches` (the pipeline is full by then)."""
         pool = RolloutPool(scripted, SleepSandbox(), renderer, tasks(first_version * 1000, 10 ** 6), cfg,
                            environments={"bench": env}, version=first_version)
-        t = time.perf_counter()
-        got = 0
+        got, compiled = 0, None
         with pool:
-            for step in range(batches):
-                got += sum(len(g.trajectories) for g in pool.get_groups(groups_per_batch, timeout_s=600))
+            for step in range(warmup + batches):
+                if step == warmup:
+                    t, compiled, before = time.perf_counter(), len(engine.compilations), dict(engine.stats)
+                    cpu = time.process_time()
+                groups = pool.get_groups(groups_per_batch, timeout_s=600)
+                if step >= warmup:
+                    got += sum(len(g.trajectories) for g in groups)
                 engine.update_params(params, first_version + step + 1)
                 pool.publish_version(first_version + step + 1)
             seconds = time.perf_counter() - t
-            return got, seconds, pool.stats()
+            work = {k: engine.stats[k] - before[k] for k in before}
+            work["process_cpu_seconds"] = time.process_time() - cpu
+            return got, seconds, {**pool.stats(), **work}, len(engine.compilations) - compiled
 
     engine.update_params(params, 100)
-    run_pool(2, 100)  # warm-up: evicted sessions re-prefill longer histories (more buckets)
-    compiled = len(engine.compilations)
+    run_pool(0, 2, 100)  # warm-up: evicted sessions restore and re-prefill (more program shapes)
     engine.update_params(params, 200)
-    got, async_s, stats = run_pool(args.batches, 200)
-    assert got == n_traj
-    if len(engine.compilations) != compiled:
-        print(f"note: {len(engine.compilations) - compiled} programs compiled during the timed async run")
+    got, async_s, stats, new_programs = run_pool(args.warmup, args.batches, 200)
+    assert got == n_traj, f"async pool: expected {n_traj} trajectories, found {got}"
+    if new_programs:
+        print(f"note: {new_programs} programs compiled during the timed async run")
 
     gen_bound = args.turns * n_traj / args.slots * turn_s
     tool_total = n_traj * (args.turns - 1) * tool_mean
@@ -236,10 +250,16 @@ def main(argv=None):
     per_min = lambda s: 60.0 * n_traj / s  # noqa: E731
     print(f"episodes {n_traj} x {args.turns} turns x {args.tokens} tokens, slots {args.slots}, "
           f"full-batch turn {turn_s * 1e3:.0f} ms, tool mean {tool_mean * 1e3:.0f} ms (lognormal sigma 1)")
-    print(f"sync  : {per_min(sync_s):8.1f} trajectories/min ({sync_s:.2f} s)")
-    print(f"async : {per_min(async_s):8.1f} trajectories/min ({async_s:.2f} s), S={args.staleness}, "
-          f"engine busy {stats['engine_busy_fraction']:.2f}, slot use {stats.get('engine_slot_utilization', 0):.2f}, "
+    print(f"sync  : {per_min(sync_s):8.1f} trajectories/min ({sync_s:.2f} s, process CPU {sync_cpu:.2f} s)")
+    print(f"async : {per_min(async_s):8.1f} trajectories/min ({async_s:.2f} s, process CPU "
+          f"{stats['process_cpu_seconds']:.2f} s), S={args.staleness}, "
           f"staleness {stats['staleness_histogram']}, restarts {stats['stale_restarts']}")
+    print(f"        engine: busy {stats['engine_busy_fraction']:.2f}, decode rows used "
+          f"{stats['decoded_tokens'] / max(1, stats['decode_steps']) / args.slots:.2f}, tokens decoded "
+          f"{stats['decoded_tokens']} (delivered {n_traj * args.turns * args.tokens}), prefill calls "
+          f"{stats['prefill_calls']} ({stats['prefilled_tokens']} tokens), {stats['offloads']} host offloads "
+          f"({stats['restored_tokens']} tokens restored); seconds: decode {stats['decode_seconds']:.2f}, prefill "
+          f"{stats['prefill_seconds']:.2f}, admit+offload {stats['admit_seconds']:.2f}, idle {stats['idle_seconds']:.2f}")
     print(f"bound : {per_min(bound_s):8.1f} trajectories/min ({bound_s:.2f} s; generation {gen_bound:.2f} s, "
           f"tools {tool_total / cfg.max_concurrent_episodes:.2f} s)")
     print(f"async / sync  = {sync_s / async_s:.2f}x")

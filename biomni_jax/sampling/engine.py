@@ -29,6 +29,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from typing import Callable, Optional, Sequence
 
@@ -108,7 +109,8 @@ class Engine:
     self._clock = itertools.count()
     self._stopping = False
     self.stats = dict(decode_steps=0, decoded_tokens=0, prefill_calls=0, prefill_chunks=0, prefilled_tokens=0,
-                      evictions=0, offloads=0, restored_tokens=0, step_failures=0, request_failures=0)
+                      evictions=0, offloads=0, restored_tokens=0, step_failures=0, request_failures=0,
+                      admit_seconds=0.0, prefill_seconds=0.0, decode_seconds=0.0, idle_seconds=0.0)
     self._thread = threading.Thread(target=self._run, name="biomni-sampling-engine", daemon=True)
     if start:
       self._thread.start()
@@ -187,13 +189,23 @@ class Engine:
   def _run(self) -> None:
     while True:
       try:
+        t0 = time.perf_counter()
         self._drain_commands(block=not (self._waiting or self._active))
         if self._stopping:
           self._fail_all(RuntimeError("the engine was shut down before this request finished"))
           return
-        self._admit()
+        t1 = time.perf_counter()
+        self._admit()  # includes host offload / restore of evicted sessions' K/V
+        t2 = time.perf_counter()
         self._prefill_some()
+        t3 = time.perf_counter()
         self._decode_once()
+        t4 = time.perf_counter()
+        stats = self.stats
+        stats["idle_seconds"] += t1 - t0
+        stats["admit_seconds"] += t2 - t1
+        stats["prefill_seconds"] += t3 - t2
+        stats["decode_seconds"] += t4 - t3
       except Exception as exc:  # noqa: BLE001 - the loop must survive anything a step throws
         log.exception("sampling engine: step failed; failing the requests in flight and rebuilding the cache")
         self.stats["step_failures"] += 1
