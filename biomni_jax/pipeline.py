@@ -7,8 +7,15 @@ on a re-run, and the long stages resume from their own checkpoints when interrup
 
   teacher_data  best-of-n scripted-expert rollouts through the sandbox (data/rejection_sampling.py) on the
                 train split (SFT data) and val split (held-out SFT loss) -> DIR/data/sft_{train,val}.jsonl
-  sft           train/sft.py in DIR/sft (the embedded tokenizer is trained there)
-  eval_base     the untrained model (SFT's initial params), held-out embedded tasks -> DIR/eval/base/
+  pretrain      when pipeline.pretrain.num_steps > 0: the base model. Language-model pretraining (loss on
+                every token) on the domain's text without the agent protocol: the task prompts and tool
+                outputs of the teacher data, never an assistant turn (data/documents.py), in DIR/pretrain
+                (the embedded tokenizer is trained there), exported to the Hugging Face directory DIR/base.
+                A real run's base model is a pretrained Qwen3 (model.init_from); the embedded tiny model
+                needs this stand-in to be able to read and copy text at all. Skipped when num_steps = 0.
+  sft           train/sft.py in DIR/sft, from DIR/base when pretraining ran (else a random init; the
+                embedded tokenizer is then trained in DIR/sft)
+  eval_base     the base model (DIR/base, or SFT's random initial params), held-out embedded tasks -> DIR/eval/base/
   eval_sft      the SFT model                                                       -> DIR/eval/sft/
   rl            train/rl.py in DIR/rl, initialised from DIR/sft
   eval_rl       the RL model                                                        -> DIR/eval/rl/
@@ -31,7 +38,7 @@ import ml_collections
 
 from biomni_jax.config_utils import ConfigError, field
 
-STAGES = ("teacher_data", "sft", "eval_base", "eval_sft", "rl", "eval_rl", "report")
+STAGES = ("teacher_data", "pretrain", "sft", "eval_base", "eval_sft", "rl", "eval_rl", "report")
 SYSTEMS = ("base", "sft", "rl")  # the eval stages' names, in table order
 
 
@@ -68,6 +75,41 @@ def sft_config(config, workdir: str) -> ml_collections.ConfigDict:
     c.sft[key] = value
   c.data.train_path = os.path.join(workdir, "data", "sft_train.jsonl")
   c.data.eval_path = os.path.join(workdir, "data", "sft_val.jsonl")
+  if pretrain_steps(config):  # start from the pretrained base: its weights, tokenizer and vocabulary size
+    base = os.path.join(workdir, BASE_DIR)
+    if not os.path.isfile(os.path.join(base, "config.json")):
+      raise RuntimeError(f"sft: the pretrained base {base!r} is missing; the pretrain stage writes it (delete "
+                         f"{marker_path(workdir, 'pretrain')} to run that stage again)")
+    with open(os.path.join(base, "config.json")) as f:
+      vocab_size = int(json.load(f)["vocab_size"])
+    c.model.init_from = c.tokenizer.path = base
+    c.model.overrides = dict(c.model.get("overrides") or {}, vocab_size=vocab_size)
+  return c
+
+
+BASE_DIR = "base"
+
+
+def pretrain_steps(config) -> int:
+  return field(config, "pipeline.pretrain.num_steps", int, minimum=0, default=0)
+
+
+def pretrain_config(config, workdir: str) -> ml_collections.ConfigDict:
+  """The pretraining run's config: SFT's model and trainer on DIR/data/pretrain_{train,val}.jsonl documents,
+  with `pipeline.pretrain` overriding num_steps and the optimizer's lr / warmup_steps."""
+  c = _plain(config)
+  for section in ("rl", "rl_optimizer", "pipeline"):
+    if section in c:
+      del c[section]
+  c.mode = "sft"
+  p = field(config, "pipeline.pretrain")
+  c.sft.num_steps = pretrain_steps(config)
+  for key in ("lr", "warmup_steps"):
+    if key in p:
+      c.optimizer[key] = p[key]
+  c.data.format = "documents"
+  c.data.train_path = os.path.join(workdir, "data", "pretrain_train.jsonl")
+  c.data.eval_path = os.path.join(workdir, "data", "pretrain_val.jsonl")
   return c
 
 
@@ -135,6 +177,35 @@ def stage_teacher_data(config, workdir: str) -> dict:
   return out
 
 
+def stage_pretrain(config, workdir: str) -> dict:
+  """Documents from the teacher data, the embedded tokenizer (on all of its text), pretraining, export."""
+  if not pretrain_steps(config):
+    return {"skipped": "pipeline.pretrain.num_steps = 0"}
+  from biomni_jax.data.documents import environment_documents, write_documents
+  from biomni_jax.data.tokenizer import train_embedded_tokenizer
+  from biomni_jax.data.trajectory import read_jsonl
+  from biomni_jax.tools.export_hf import export_run
+  from biomni_jax.train.sft import TOKENIZER_DIR, tokenizer_corpus, train_sft
+
+  data_dir, run_dir = os.path.join(workdir, "data"), os.path.join(workdir, "pretrain")
+  trajectories = {split: read_jsonl(os.path.join(data_dir, f"sft_{split}.jsonl")) for split in ("train", "val")}
+  counts = {split: write_documents(os.path.join(data_dir, f"pretrain_{split}.jsonl"), environment_documents(ts))
+            for split, ts in trajectories.items()}
+  tokenizer_dir = os.path.join(run_dir, TOKENIZER_DIR)
+  if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")) and not field(config, "tokenizer.path", str,
+                                                                                      default=""):
+    # The vocabulary covers the protocol's text too (the tokenizer is not the model's knowledge).
+    train_embedded_tokenizer(tokenizer_corpus(trajectories["train"]),
+                             field(config, "tokenizer.vocab_size", int, minimum=512), tokenizer_dir)
+  progress(f"pretrain: {counts['train']} documents (task prompts and tool outputs, no assistant turns), "
+           f"{pretrain_steps(config)} steps")
+  summary = train_sft(pretrain_config(config, workdir), run_dir)
+  export_run(run_dir, os.path.join(workdir, BASE_DIR), overwrite=True)
+  losses = summary["losses"]
+  return {"steps": summary["final_step"], "last_loss": losses[max(losses)] if losses else None,
+          "eval_loss": summary.get("eval_loss"), "documents": counts, "base": os.path.join(workdir, BASE_DIR)}
+
+
 def stage_sft(config, workdir: str) -> dict:
   from biomni_jax.train.sft import train_sft
   summary = train_sft(sft_config(config, workdir), os.path.join(workdir, "sft"))
@@ -151,8 +222,11 @@ def stage_rl(config, workdir: str) -> dict:
 
 
 def base_agent(workdir: str):
-  """The SFT run's initial params (init_train_state with its seed), with its model config and tokenizer."""
-  from biomni_jax.eval.agents import ModelAgent, load_run_agent
+  """The pretrained base (DIR/base) if pretraining ran, else the SFT run's initial params (init_train_state
+  with its seed), with its model config and tokenizer."""
+  from biomni_jax.eval.agents import ModelAgent, load_hf_agent, load_run_agent
+  if os.path.isfile(os.path.join(workdir, BASE_DIR, "config.json")):
+    return load_hf_agent(os.path.join(workdir, BASE_DIR))
   from biomni_jax.sharding import ShardingRules, make_mesh
   from biomni_jax.train.optimizer import make_optimizer
   from biomni_jax.train.step import init_train_state
@@ -220,7 +294,7 @@ def stage_report(config, workdir: str) -> dict:
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[Any, str], dict]] = {
-    "teacher_data": stage_teacher_data, "sft": stage_sft, "eval_base": stage_eval("base"),
+    "teacher_data": stage_teacher_data, "pretrain": stage_pretrain, "sft": stage_sft, "eval_base": stage_eval("base"),
     "eval_sft": stage_eval("sft"), "rl": stage_rl, "eval_rl": stage_eval("rl"), "report": stage_report}
 
 

@@ -82,5 +82,8 @@ def get_config() -> ml_collections.ConfigDict:
       system_prompt=False))  # like rl.rollout.use_system_prompt: the tool listing would fill the tiny context
   # 12 epochs (~120 steps) is where the tiny model starts answering in the protocol's format; 4 leave it at 0.
   pipeline.sft_overrides = ml_collections.ConfigDict(dict(num_epochs=12))
+  # The base model: language-model pretraining on the task prompts and tool outputs (no assistant turns), so
+  # the random tiny model can read and copy text like a pretrained LM before SFT teaches it the protocol.
+  pipeline.pretrain = ml_collections.ConfigDict(dict(num_steps=200, lr=3e-3, warmup_steps=20))
   pipeline.eval = ml_collections.ConfigDict(dict(split="val", tasks_per_family=6, samples=2, seed=1000))
   return config

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from biomni_jax import pipeline
@@ -51,7 +53,7 @@ def test_a_failed_stage_leaves_no_marker_and_the_rerun_starts_there(monkeypatch,
   _fake_stages(monkeypatch, calls, fail_at="rl")
   with pytest.raises(RuntimeError, match="rl failed"):
     pipeline.run_pipeline(demo_config(), str(tmp_path))
-  assert calls == ["teacher_data", "sft", "eval_base", "eval_sft", "rl"]
+  assert calls == ["teacher_data", "pretrain", "sft", "eval_base", "eval_sft", "rl"]
   assert not os.path.exists(pipeline.marker_path(str(tmp_path), "rl"))
   calls.clear()
   _fake_stages(monkeypatch, calls)
@@ -61,7 +63,16 @@ def test_a_failed_stage_leaves_no_marker_and_the_rerun_starts_there(monkeypatch,
 
 def test_stage_configs_split_the_pipeline_config(tmp_path):
   config = demo_config()
+  with pytest.raises(RuntimeError, match="the pretrained base .* is missing"):
+    pipeline.sft_config(config, str(tmp_path))
+  os.makedirs(tmp_path / "base")
+  (tmp_path / "base" / "config.json").write_text(json.dumps({"vocab_size": 1234}))
   sft = pipeline.sft_config(config, str(tmp_path))
+  assert sft.model.init_from == sft.tokenizer.path == str(tmp_path / "base")
+  assert sft.model.overrides.vocab_size == 1234 and sft.model.overrides.hidden_size == 128
+  pre = pipeline.pretrain_config(config, str(tmp_path))
+  assert pre.data.format == "documents" and pre.sft.num_steps == config.pipeline.pretrain.num_steps
+  assert pre.data.train_path == str(tmp_path / "data" / "pretrain_train.jsonl") and "pipeline" not in pre
   assert sft.mode == "sft" and "rl" not in sft and "pipeline" not in sft
   assert sft.data.train_path == str(tmp_path / "data" / "sft_train.jsonl")
   assert sft.sft.num_epochs == config.pipeline.sft_overrides.num_epochs != config.sft.num_epochs
@@ -90,7 +101,8 @@ TINY = {
     "rl.tensorboard": False, "rl.async_checkpoint": False, "rl.sandbox_workers": 1,
     "pipeline.teacher.families": ["sequence_qa"], "pipeline.teacher.train_per_family": 2,
     "pipeline.teacher.val_per_family": 1, "pipeline.teacher.n_samples": 1, "pipeline.teacher.workers": 1,
-    "pipeline.eval.tasks_per_family": 1, "pipeline.eval.samples": 2,
+    "pipeline.eval.tasks_per_family": 1, "pipeline.eval.samples": 2, "pipeline.pretrain.num_steps": 2,
+    "pipeline.pretrain.warmup_steps": 1,
 }
 
 
@@ -107,7 +119,18 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   assert len(rows) == 2 and all(r["messages"][0]["role"] == "user" for r in rows)
   for name in pipeline.STAGES:
     assert pipeline.read_marker(workdir, name), name
+  # The base model is the pretrained run, exported; SFT starts from it (same tokenizer and vocabulary).
+  docs = [json.loads(l)["text"] for l in open(os.path.join(workdir, "data", "pretrain_train.jsonl"))]
+  kept = sum(1 for _ in open(os.path.join(workdir, "data", "sft_train.jsonl")))
+  assert len(docs) == kept >= 1 and all("<solution>" not in d and "<execute>" not in d for d in docs)
+  base = pipeline.base_agent(workdir)
+  assert base.source == os.path.join(workdir, "base")
   from biomni_jax.eval.agents import load_run_agent
+  pretrained = load_run_agent(os.path.join(workdir, "pretrain"))
+  for a, b in zip(jax.tree.leaves(pretrained.params), jax.tree.leaves(base.params)):
+    np.testing.assert_array_equal(a, b)
+  sft_config = json.load(open(os.path.join(workdir, "sft", "config.json")))
+  assert sft_config["model"]["init_from"] == sft_config["tokenizer"]["path"] == os.path.join(workdir, "base")
   sft, rl = load_run_agent(os.path.join(workdir, "sft")), load_run_agent(os.path.join(workdir, "rl"))
   assert rl.source.endswith("rl@1") and sft.source.endswith("sft@2") and rl.model_config == sft.model_config
   assert rl.params["embed_tokens"]["embedding"].shape == sft.params["embed_tokens"]["embedding"].shape

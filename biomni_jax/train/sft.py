@@ -29,6 +29,7 @@ from tqdm import tqdm
 from biomni_jax import model as M
 from biomni_jax.config_utils import ConfigError, field, mesh_shape, model_config
 from biomni_jax.data.chat import ChatRenderer
+from biomni_jax.data.documents import document_examples, read_documents
 from biomni_jax.data.packing import add_next_token_targets, pack_examples, unpacked_examples
 from biomni_jax.data.tokenizer import default_corpus, load_tokenizer, train_embedded_tokenizer
 from biomni_jax.data.trajectory import Trajectory, read_jsonl
@@ -98,12 +99,25 @@ def load_trajectories(path: str, split: str = "train", where: str = "data.train_
   return trajectories
 
 
-def tokenizer_corpus(trajectories: Sequence[Trajectory]) -> list[str]:
-  """The embedded tokenizer's training texts: the default corpus plus every message of the trajectories."""
-  return default_corpus() + [m["content"] for t in trajectories for m in t.messages]
+def load_examples(path: str, split: str, data_format: str, where: str) -> list:
+  """Trajectories (data.format "trajectories") or document texts ("documents": jsonl of {"text"})."""
+  if data_format == "trajectories":
+    return load_trajectories(path, split, where)
+  if not os.path.isfile(path):
+    raise ConfigError(f"config field {where!r}: {path!r} is not a documents .jsonl file")
+  try:
+    return read_documents(path)
+  except ValueError as e:
+    raise ConfigError(f"config field {where!r}: {e}") from None
 
 
-def prepare_tokenizer(config, workdir: str, trajectories: Sequence[Trajectory]):
+def tokenizer_corpus(data: Sequence[Trajectory | str]) -> list[str]:
+  """The embedded tokenizer's training texts: the default corpus plus every document or message."""
+  return default_corpus() + [text for d in data for text in ([d] if isinstance(d, str) else
+                                                              [m["content"] for m in d.messages])]
+
+
+def prepare_tokenizer(config, workdir: str, trajectories: Sequence[Trajectory | str]):
   """`tokenizer.path` if set; else the run's embedded tokenizer (trained once into workdir/tokenizer)."""
   path = field(config, "tokenizer.path", str, default="")
   if path:
@@ -117,16 +131,19 @@ def prepare_tokenizer(config, workdir: str, trajectories: Sequence[Trajectory]):
   return train_embedded_tokenizer(tokenizer_corpus(trajectories), vocab_size, out)
 
 
-def build_rows(trajectories: Sequence[Trajectory], tokenizer, *, seq_len: int, pack: bool,
+def build_rows(trajectories: Sequence[Trajectory | str], tokenizer, *, seq_len: int, pack: bool,
                rows_multiple_of: int = 1, overlong: str = "truncate") -> dict[str, np.ndarray]:
   """Render (token ids kept verbatim when a trajectory has them), pack or pad, add next-token targets.
 
-  Returns ROW_FIELDS, each int32 [N, seq_len], N a multiple of `rows_multiple_of`.
+  Strings are documents (data/documents.py: every token is learned); trajectories learn their
+  assistant turns. Returns ROW_FIELDS, each int32 [N, seq_len], N a multiple of `rows_multiple_of`.
   """
   renderer = ChatRenderer(tokenizer)
   examples = []
   for t in trajectories:
-    if t.token_ids is not None:
+    if isinstance(t, str):
+      examples += document_examples([t], tokenizer)
+    elif t.token_ids is not None:
       examples.append({"tokens": t.token_ids, "loss_mask": t.loss_mask})
     else:
       ids, mask = renderer.render(t.messages)
@@ -209,8 +226,9 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   s = _sft_settings(config)
   seed = field(config, "seed", int, default=0)
-  train = load_trajectories(field(config, "data.train_path", str, default=""),
-                            field(config, "data.train_split", str, default="train"), "data.train_path")
+  data_format = field(config, "data.format", str, default="trajectories", choices=("trajectories", "documents"))
+  train = load_examples(field(config, "data.train_path", str, default=""),
+                        field(config, "data.train_split", str, default="train"), data_format, "data.train_path")
   tokenizer = prepare_tokenizer(config, workdir, train)
   has_own_tokenizer = bool(field(config, "tokenizer.path", str, default=""))
   model_cfg = model_config(config, vocab_size=None if has_own_tokenizer else len(tokenizer))
@@ -238,8 +256,8 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
   eval_path = field(config, "data.eval_path", str, default="")
   eval_rows = eval_step = None
   if eval_path:
-    held_out = load_trajectories(eval_path, field(config, "data.eval_split", str, default="val"),
-                                 "data.eval_path")
+    held_out = load_examples(eval_path, field(config, "data.eval_split", str, default="val"), data_format,
+                             "data.eval_path")
     eval_rows = build_rows(held_out, tokenizer, seq_len=s["seq_len"], pack=s["pack"],
                            rows_multiple_of=s["batch_size"], overlong=s["overlong"])
     eval_step = make_eval_step(model_cfg, sharding, s["aggregation"])
