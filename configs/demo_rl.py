@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.preset = "tiny"
   config.model.overrides = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-      num_key_value_heads=2, head_dim=32, dtype="float32", remat_policy="none",
+      num_key_value_heads=2, head_dim=32, dtype="float32", remat_policy="none", tie_word_embeddings=True,
       attention_block_q=128, attention_block_kv=128, logits_chunk=256))
   config.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=2048))
 

@@ -63,19 +63,22 @@ def test_a_failed_stage_leaves_no_marker_and_the_rerun_starts_there(monkeypatch,
 
 def test_stage_configs_split_the_pipeline_config(tmp_path):
   config = demo_config()
+  assert config.pipeline.pretrain.num_steps == 0 and not pipeline.sft_config(config, str(tmp_path)).model.init_from
+  pretraining = demo_config(**{"pipeline.pretrain.num_steps": 200})
   with pytest.raises(RuntimeError, match="the pretrained base .* is missing"):
-    pipeline.sft_config(config, str(tmp_path))
+    pipeline.sft_config(pretraining, str(tmp_path))
   os.makedirs(tmp_path / "base")
   (tmp_path / "base" / "config.json").write_text(json.dumps({"vocab_size": 1234}))
-  sft = pipeline.sft_config(config, str(tmp_path))
-  assert sft.model.init_from == sft.tokenizer.path == str(tmp_path / "base")
-  assert sft.model.overrides.vocab_size == 1234 and sft.model.overrides.hidden_size == 128
-  pre = pipeline.pretrain_config(config, str(tmp_path))
-  assert pre.data.format == "documents" and pre.sft.num_steps == config.pipeline.pretrain.num_steps
+  from_base = pipeline.sft_config(pretraining, str(tmp_path))
+  assert from_base.model.init_from == from_base.tokenizer.path == str(tmp_path / "base")
+  assert from_base.model.overrides.vocab_size == 1234 and from_base.model.overrides.hidden_size == 128
+  pre = pipeline.pretrain_config(pretraining, str(tmp_path))
+  assert pre.data.format == "documents" and pre.sft.num_steps == 200
   assert pre.data.train_path == str(tmp_path / "data" / "pretrain_train.jsonl") and "pipeline" not in pre
+  sft = pipeline.sft_config(config, str(tmp_path))
   assert sft.mode == "sft" and "rl" not in sft and "pipeline" not in sft
   assert sft.data.train_path == str(tmp_path / "data" / "sft_train.jsonl")
-  assert sft.sft.num_epochs == config.pipeline.sft_overrides.num_epochs != config.sft.num_epochs
+  assert sft.sft.num_steps == config.pipeline.sft_overrides.num_steps != config.sft.num_steps
   rl = pipeline.rl_config(config, str(tmp_path))
   assert rl.mode == "rl" and rl.rl.init_from_sft == str(tmp_path / "sft")
   assert rl.optimizer.lr == config.rl_optimizer.lr != config.optimizer.lr
@@ -102,7 +105,7 @@ TINY = {
     "pipeline.teacher.families": ["sequence_qa"], "pipeline.teacher.train_per_family": 2,
     "pipeline.teacher.val_per_family": 1, "pipeline.teacher.n_samples": 1, "pipeline.teacher.workers": 1,
     "pipeline.eval.tasks_per_family": 1, "pipeline.eval.samples": 2, "pipeline.pretrain.num_steps": 2,
-    "pipeline.pretrain.warmup_steps": 1,
+    "pipeline.pretrain.warmup_steps": 1, "pipeline.sft_overrides.num_steps": 2,
 }
 
 
