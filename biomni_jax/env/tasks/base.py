@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,6 @@ def sandbox_setup_code(instance: TaskInstance) -> str:
     """
     if not instance.inputs:
         return ""
-    import json
     payload = json.dumps(instance.inputs)
     return f"import json as _json\n{INPUTS_VARIABLE} = _json.loads({payload!r})\ndel _json"
 
