@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 
-from biomni_jax.data.trajectory import Trajectory
+from biomni_jax.data.trajectory import Trajectory, jsonl_rows
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -23,19 +23,11 @@ END_OF_TEXT = "<|endoftext|>"
 def read_documents(path: str) -> list[str]:
   """The texts of a jsonl document file; a bad line raises ValueError naming the file and line."""
   texts = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_no}"
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-      if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
-        raise ValueError(f"{where}: expected an object with a non-empty string field 'text', found "
-                         f"{str(row)[:80]!r}")
-      texts.append(row["text"])
+  for where, row in jsonl_rows(path):
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
+      raise ValueError(f"{where}: expected an object with a non-empty string field 'text', found "
+                       f"{str(row)[:80]!r}")
+    texts.append(row["text"])
   if not texts:
     raise ValueError(f"{path}: no documents")
   return texts

@@ -213,8 +213,8 @@ def append_jsonl(path: str | os.PathLike, trajectory: Trajectory) -> None:
         os.fsync(f.fileno())
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[Trajectory]:
-    """Yield trajectories from `path`; blank lines are skipped; errors name `path:line`."""
+def jsonl_rows(path: str | os.PathLike, error: type[Exception] = ValueError) -> Iterator[tuple[str, Any]]:
+    """Yield (`path:line`, parsed row) for the non-blank lines of a jsonl file; bad JSON raises `error`."""
     path = os.fspath(path)
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -224,9 +224,14 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[Trajectory]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise TrajectoryFormatError(f"{where}: invalid JSON ({e.msg} at column {e.colno})"
-                                            ) from None
-            yield trajectory_from_dict(row, where)
+                raise error(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+            yield where, row
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[Trajectory]:
+    """Yield trajectories from `path`; blank lines are skipped; errors name `path:line`."""
+    for where, row in jsonl_rows(path, TrajectoryFormatError):
+        yield trajectory_from_dict(row, where)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Trajectory]:

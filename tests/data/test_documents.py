@@ -19,7 +19,7 @@ def test_write_then_read_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
-    ("{not json", "docs.jsonl:2: not valid JSON"),
+    ("{not json", "docs.jsonl:2: invalid JSON"),
     ('{"txt": "x"}', "docs.jsonl:2: expected an object with a non-empty string field 'text'"),
     ('{"text": "   "}', "docs.jsonl:2: expected an object with a non-empty string field 'text'"),
     ('["text"]', "docs.jsonl:2: expected an object"),
