@@ -61,14 +61,20 @@ def _plain(config) -> ml_collections.ConfigDict:
 
 # --------------------------------------------------------------------------------------------- stage configs
 
-def sft_config(config, workdir: str) -> ml_collections.ConfigDict:
-  """The SFT run's config: the pipeline config without its rl/pipeline sections, on the teacher data, with
-  `pipeline.sft_overrides` (fields of section `sft`) applied."""
+def _trainer_config(config) -> ml_collections.ConfigDict:
+  """The pipeline config as a mode=sft config (train/sft.py): without its rl and pipeline sections."""
   c = _plain(config)
   for section in ("rl", "rl_optimizer", "pipeline"):
     if section in c:
       del c[section]
   c.mode = "sft"
+  return c
+
+
+def sft_config(config, workdir: str) -> ml_collections.ConfigDict:
+  """The SFT run's config: the pipeline config without its rl/pipeline sections, on the teacher data, with
+  `pipeline.sft_overrides` (fields of section `sft`) applied."""
+  c = _trainer_config(config)
   for key, value in dict(field(config, "pipeline.sft_overrides", default={}) or {}).items():
     if key not in c.sft:
       raise ConfigError(f"config field 'pipeline.sft_overrides.{key}': not a field of section 'sft'")
@@ -97,11 +103,7 @@ def pretrain_steps(config) -> int:
 def pretrain_config(config, workdir: str) -> ml_collections.ConfigDict:
   """The pretraining run's config: SFT's model and trainer on DIR/data/pretrain_{train,val}.jsonl documents,
   with `pipeline.pretrain` overriding num_steps and the optimizer's lr / warmup_steps."""
-  c = _plain(config)
-  for section in ("rl", "rl_optimizer", "pipeline"):
-    if section in c:
-      del c[section]
-  c.mode = "sft"
+  c = _trainer_config(config)
   p = field(config, "pipeline.pretrain")
   c.sft.num_steps = pretrain_steps(config)
   for key in ("lr", "warmup_steps"):
