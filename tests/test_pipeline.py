@@ -137,6 +137,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   sft, rl = load_run_agent(os.path.join(workdir, "sft")), load_run_agent(os.path.join(workdir, "rl"))
   assert rl.source.endswith("rl@1") and sft.source.endswith("sft@2") and rl.model_config == sft.model_config
   assert rl.params["embed_tokens"]["embedding"].shape == sft.params["embed_tokens"]["embedding"].shape
+  relative = load_run_agent(os.path.relpath(os.path.join(workdir, "sft")))  # a relative workdir loads too
+  np.testing.assert_array_equal(relative.params["embed_tokens"]["embedding"], sft.params["embed_tokens"]["embedding"])
   t0 = time.monotonic()
   pipeline.run_pipeline(demo_config(**TINY), workdir)  # resumes: every stage is done
   assert time.monotonic() - t0 < 5

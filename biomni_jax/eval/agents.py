@@ -76,7 +76,7 @@ def load_run_agent(workdir: str, step: int | None = None) -> ModelAgent:
   tokenizer = load_tokenizer(tokenizer_dir)
   has_own = bool((config.get("tokenizer") or {}).get("path"))
   model_cfg = model_config(ml_collections.ConfigDict(config), vocab_size=None if has_own else len(tokenizer))
-  checkpoints = os.path.join(workdir, "checkpoints")
+  checkpoints = os.path.join(os.path.abspath(workdir), "checkpoints")  # orbax wants absolute paths
   step = _newest_step(checkpoints) if step is None else step
   with warnings.catch_warnings():  # params restore onto this process's default device: no sharding to give
     warnings.filterwarnings("ignore", message="Sharding info not provided when restoring")

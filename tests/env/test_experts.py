@@ -115,3 +115,21 @@ def test_experts_through_the_real_sandbox(n):
                     session.close()
                 scores.append(family.grade(ep.solution, x.answer) if ep.solution is not None else 0.0)
             assert np.mean(scores) >= 0.95, (name, scores)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_main_call_prints_the_solution_last_on_its_own_line(name):
+    """The answer a correct expert submits is the observation's last line, after an `answer:` line, so the
+    text to copy sits at a fixed distance before the solution and tokenizes the same in both places."""
+    _, episodes, scores = _play(name, ScriptedExpert(name, mistake_rate=0.0, seed=0), n=20)
+    checked = 0
+    for ep, score in zip(episodes, scores):
+        if score != 1.0:
+            continue
+        observation = ep.messages[-2]["content"]
+        body = observation.removeprefix("<observation>").removesuffix("</observation>").rstrip("\n")
+        lines = body.split("\n")
+        solution = ep.assistant_messages[-1].split("<solution>\n", 1)[1].split("\n</solution>", 1)[0]
+        assert lines[-2:] == ["answer:", solution], (name, lines[-3:], solution)
+        checked += 1
+    assert checked >= 19

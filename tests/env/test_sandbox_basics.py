@@ -192,6 +192,21 @@ def test_open_waits_for_a_free_worker_then_times_out():
             assert s.run("print(2)").output == "2\n"
 
 
+def test_concurrent_spawners_never_exceed_max_workers():
+    """Sessions opened and closed back to back: the spawn threads refill slots in parallel, but idle +
+    owned + starting workers never exceed max_workers and every session gets a fresh process."""
+    with SandboxPool(max_workers=2, limits=LIMITS, spawn_threads=2) as small:
+        seen = set()
+        for _ in range(6):
+            with small.open() as a, small.open() as b:
+                with small._cond:
+                    assert len(small._idle) + small._owned + small._spawning <= 2
+                seen.update({a._worker.process.pid, b._worker.process.pid})
+        assert len(seen) == 12
+    with pytest.raises(ValueError, match="spawn_threads"):
+        SandboxPool(max_workers=1, spawn_threads=0)
+
+
 def test_closing_the_pool_kills_its_workers():
     small = SandboxPool(max_workers=2, limits=LIMITS)
     session = small.open()

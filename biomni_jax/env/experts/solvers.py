@@ -7,7 +7,9 @@ A solver is stateless. For one task prompt it gives:
   ranked(inputs, result) -> candidate answers, best first (the expert answers ranked[0])
 The code reads the task's inputs from the sandbox variable `task_inputs` (tasks/base.py) rather than
 retyping them, and does the comparison work itself (e.g. matching a computed value to the options),
-printing the top candidate as an `answer:` line in the task's answer format.
+printing the top candidate last, on the line after an `answer:` line, exactly as the solution spells it:
+the answer then sits at a fixed distance before the solution block and tokenizes the same in both places
+(both follow a newline), which is what a small model can learn to copy.
   answer_text(inputs, choice) -> the solution text, exactly as the task asks for it
   sloppy_text(inputs, choice) -> a plausible but mis-formatted answer (graded 0)
   candidates(inputs) -> the candidate set a tool-less guesser would pick from (for the baseline)
@@ -38,8 +40,13 @@ def result_from_observation(text: str):
 
 
 def _print_result(expr: str) -> str:
-    """The machine-readable last line of main_code (which starts with `import json`)."""
+    """The machine-readable result line of main_code (which starts with `import json`)."""
     return f"print({RESULT_MARKER!r}, json.dumps({expr}))"
+
+
+def _print_answer(expr: str, nonempty: str) -> str:
+    """The last lines of main_code: `answer:` and then the answer in the task's format, if `nonempty` is."""
+    return f"if {nonempty}:\n    print('answer:')\n    print({expr})"
 
 
 def _line(prompt: str, label: str) -> str:
@@ -68,9 +75,9 @@ class RareDiseaseSolver:
                 f"ranking = rank_diseases_by_phenotypes({_TI}['phenotypes'], "
                 f"candidate_genes={_TI}['candidate_genes'], top_k=5)['ranking']\n"
                 "for row in ranking:\n    print(row['rank'], row['omim_id'], row['score'], row['disease_name'])\n"
-                "top = ranking[0]\n"
-                "print('answer:', json.dumps({'disease_name': top['disease_name'], 'OMIM_ID': str(top['omim_id'])}))\n"
-                + _print_result("[[r['omim_id'], r['disease_name']] for r in ranking]"))
+                + _print_result("[[r['omim_id'], r['disease_name']] for r in ranking]") + "\n"
+                + _print_answer("json.dumps({'disease_name': ranking[0]['disease_name'], "
+                                "'OMIM_ID': str(ranking[0]['omim_id'])})", "ranking"))
 
     def ranked(self, x, result):
         return [tuple(r) for r in result] if result else None
@@ -108,8 +115,8 @@ class PatientGeneSolver:
                 f"ranking = rank_genes_by_phenotypes({_TI}['phenotypes'], {_TI}['candidate_genes'], top_k=5)"
                 "['ranking']\n"
                 "for row in ranking:\n    print(row['rank'], row['ensembl_id'], row['symbol'], row['score'])\n"
-                "print('answer:', {'causal_gene': [ranking[0]['ensembl_id']]})\n"
-                + _print_result("[r['ensembl_id'] for r in ranking]"))
+                + _print_result("[r['ensembl_id'] for r in ranking]") + "\n"
+                + _print_answer("{'causal_gene': [ranking[0]['ensembl_id']]}", "ranking"))
 
     def ranked(self, x, result):
         return list(result) if result else None
@@ -144,8 +151,8 @@ class LocusGeneSolver:
                 f"ranking = rank_genes_by_phenotypes({_TI}['phenotypes'], [g['ensembl_id'] for g in genes], "
                 "top_k=5)['ranking']\n"
                 "for row in ranking:\n    print(row['rank'], row['symbol'], row['score'], row['best_disease'])\n"
-                "print('answer:', ranking[0]['symbol'])\n"
-                + _print_result("[r['symbol'] for r in ranking]"))
+                + _print_result("[r['symbol'] for r in ranking]") + "\n"
+                + _print_answer("ranking[0]['symbol']", "ranking"))
 
     def ranked(self, x, result):
         return list(result) if result else None
@@ -222,7 +229,8 @@ class SequenceQASolver:
 
     def main_code(self, x):
         return ("import json, re\n" f"options = {_TI}['options']\n" + _SEQQA_CODE[x["kind"]]
-                + "print('matching options:', matches)\n" + _print_result("matches"))
+                + "print('matching options:', matches)\n" + _print_result("matches") + "\n"
+                + _print_answer("f'[ANSWER]{matches[0]}[/ANSWER]'", "matches"))
 
     def ranked(self, x, result):
         """The option letters the code matched, best first."""

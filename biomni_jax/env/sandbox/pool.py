@@ -7,8 +7,10 @@
         session.close()
 
 Capacity: at most `max_workers` worker processes exist, and each open session owns one; `open`
-blocks while all are taken. A spawner thread keeps one ready worker per free slot, so opening a
-session only imports its tools, confines the worker and runs its setup code.
+blocks while all are taken. Spawner threads keep one ready worker per free slot, so opening a
+session only imports its tools, confines the worker and runs its setup code. A worker takes a few
+hundred ms of CPU to start (interpreter, namespaces, preloads) and sessions are one-shot, so starts run
+`spawn_threads` at a time: serial starts would cap a pool at a few sessions per second.
 
 Failure containment: a run that overstays its wall time, or a worker that dies (out of CPU time,
 segfault, os._exit, a signal), costs that session its namespace and nothing else: the run returns an
@@ -143,6 +145,7 @@ class SandboxPool:
       session with tools from them costs no import time (tool modules that load tables, typically).
     env: extra environment variables for sessions (nothing else is inherited).
     open_timeout_s: how long `open` waits for a free worker plus the session's own setup.
+    spawn_threads: workers started concurrently (at most max_workers).
     """
 
     def __init__(
@@ -156,9 +159,12 @@ class SandboxPool:
         open_timeout_s: float = 120.0,
         start_timeout_s: float = 30.0,
         python: str | None = None,
+        spawn_threads: int = 2,
     ):
         if not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"SandboxPool: expected max_workers >= 1, found {max_workers!r}")
+        if not isinstance(spawn_threads, int) or spawn_threads < 1:
+            raise ValueError(f"SandboxPool: expected spawn_threads >= 1, found {spawn_threads!r}")
         self.max_workers = max_workers
         self.limits = limits
         self.open_timeout_s = open_timeout_s
@@ -174,16 +180,19 @@ class SandboxPool:
         self._cond = threading.Condition()
         self._idle: list[WorkerHandle] = []
         self._owned = 0  # workers held by sessions
+        self._spawning = 0  # workers being started
         self._sessions: set[SandboxSession] = set()
         self._uids: set[int] = set()
         self._closing = False
         self._start_error: str | None = None
         self.isolation: dict = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="sandbox-run")
-        # Workers are spawned only from this thread: it lives as long as the pool, and workers die
+        # Workers are spawned only from these threads: they live as long as the pool, and workers die
         # with the thread that started them (PR_SET_PDEATHSIG), hence with the pool's process.
-        self._spawner = threading.Thread(target=self._spawn_loop, name="sandbox-spawner", daemon=True)
-        self._spawner.start()
+        self._spawners = [threading.Thread(target=self._spawn_loop, name=f"sandbox-spawner-{i}", daemon=True)
+                          for i in range(min(spawn_threads, max_workers))]
+        for thread in self._spawners:
+            thread.start()
 
     # --- public ---------------------------------------------------------------------------------
 
@@ -225,7 +234,8 @@ class SandboxPool:
             self._cond.notify_all()
         for session in sessions:
             session.close()
-        self._spawner.join()
+        for thread in self._spawners:
+            thread.join()
         with self._cond:
             idle, self._idle = self._idle, []
         for worker in idle:
@@ -300,15 +310,17 @@ class SandboxPool:
         failures = 0
         while True:
             with self._cond:
-                while not self._closing and len(self._idle) + self._owned >= self.max_workers:
+                while not self._closing and len(self._idle) + self._owned + self._spawning >= self.max_workers:
                     self._cond.wait()
                 if self._closing:
                     return
                 uid = self._fresh_uid()
+                self._spawning += 1
             try:
                 worker = WorkerHandle(self._spec, uid)
             except Exception as e:  # keep serving: report through open(), retry with backoff
                 with self._cond:
+                    self._spawning -= 1
                     self._uids.discard(uid)
                     self._start_error = str(e)
                     self._cond.notify_all()
@@ -318,6 +330,7 @@ class SandboxPool:
                 continue
             failures = 0
             with self._cond:
+                self._spawning -= 1
                 self.isolation = worker.isolation
                 if self._closing:
                     closing = True
