@@ -2,8 +2,7 @@
 
 Turn logic is read off the conversation, so one expert serves many interleaved episodes:
   * no result in the last observation yet -> think (with the plan checklist) + execute tool code;
-  * the last observation holds the tool result -> think + solution (the top-ranked candidate); the think
-    quotes the observation from its result line on, ending with the `answer:` lines, as the evidence;
+  * the last observation holds the tool result -> think + solution (the top-ranked candidate);
   * a failed or unreadable execution is retried once, then the expert answers its best guess.
 Mistakes, drawn independently per decision from the expert's seeded generator, each with
 probability mistake_rate / 3 (so about mistake_rate of episodes contain one):
@@ -20,7 +19,7 @@ import threading
 import numpy as np
 
 from biomni_jax.env import protocol
-from biomni_jax.env.experts.solvers import RESULT_MARKER, SOLVERS, result_from_observation
+from biomni_jax.env.experts.solvers import SOLVERS, result_from_observation
 
 MAX_MAIN_ATTEMPTS = 2
 
@@ -35,15 +34,6 @@ def _task_prompt(messages: list[dict]) -> str:
 def _plan(steps: list[tuple[str, str]]) -> str:
     marks = {"done": "✓", "todo": " ", "failed": "✗"}
     return "\n".join(f"{i}. [{marks[state]}] {text}" for i, (state, text) in enumerate(steps, 1))
-
-
-def _evidence(observation: str) -> str:
-    """The observation from its result line on (the ranking and the `answer:` lines), tags stripped.
-
-    Quoting it makes the expert's reasoning copy text it just read, densely: a small model learns to
-    copy from such turns in tens of steps, and copying is what the final answer needs."""
-    body = observation.removeprefix("<observation>").removesuffix("</observation>").strip("\n")
-    return body[body.rfind(RESULT_MARKER):] if RESULT_MARKER in body else ""
 
 
 class ScriptedExpert:
@@ -83,7 +73,7 @@ class ScriptedExpert:
         result = result_from_observation(last)
         ranked = self.solver.ranked(inputs, result) if result is not None else None
         if ranked:
-            return self._answer(inputs, ranked, evidence=_evidence(last))
+            return self._answer(inputs, ranked)
         main_attempts = sum(1 for a in assistant if "RESULT ==" in a)
         if not assistant and self._draw():
             return self._reply(
@@ -104,14 +94,10 @@ class ScriptedExpert:
             return self._reply("No usable tool result and no candidates to guess from.", "solution", "unknown")
         return self._answer(inputs, guesses, guessed=True)
 
-    def _answer(self, inputs: dict, ranked: list, guessed: bool = False, evidence: str = "") -> str:
+    def _answer(self, inputs: dict, ranked: list, guessed: bool = False) -> str:
         choice = ranked[0]
-        if guessed:
-            note = "The tool gave no usable result; answering my best guess."
-        elif evidence:
-            note = f"The tool printed:\n{evidence}\nIts top candidate is the answer."
-        else:
-            note = "The tool output ranks this candidate first."
+        note = "The tool output ranks this candidate first." if not guessed else \
+            "The tool gave no usable result; answering my best guess."
         if self._draw():
             others = [c for c in (self.solver.candidates(inputs) or ranked) if c != choice]
             if len(ranked) > 1:

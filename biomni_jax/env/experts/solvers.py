@@ -75,7 +75,7 @@ class RareDiseaseSolver:
                 f"ranking = rank_diseases_by_phenotypes({_TI}['phenotypes'], "
                 f"candidate_genes={_TI}['candidate_genes'], top_k=5)['ranking']\n"
                 "for row in ranking:\n    print(row['rank'], row['omim_id'], row['score'], row['disease_name'])\n"
-                + _print_result("[[r['omim_id'], r['disease_name']] for r in ranking[:2]]") + "\n"
+                + _print_result("[[r['omim_id'], r['disease_name']] for r in ranking]") + "\n"
                 + _print_answer("json.dumps({'disease_name': ranking[0]['disease_name'], "
                                 "'OMIM_ID': str(ranking[0]['omim_id'])})", "ranking"))
 
