@@ -9,7 +9,7 @@ The code reads the task's inputs from the sandbox variable `task_inputs` (tasks/
 retyping them, and does the comparison work itself (e.g. matching a computed value to the options),
 printing the top candidate last, on the line after an `answer:` line, exactly as the solution spells it:
 the answer then sits at a fixed distance before the solution block and tokenizes the same in both places
-(both follow a newline), which is what a small model can learn to copy.
+(both follow a newline), the easiest layout we found for a small model that has to copy it (README).
   answer_text(inputs, choice) -> the solution text, exactly as the task asks for it
   sloppy_text(inputs, choice) -> a plausible but mis-formatted answer (graded 0)
   candidates(inputs) -> the candidate set a tool-less guesser would pick from (for the baseline)
