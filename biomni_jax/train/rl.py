@@ -429,6 +429,10 @@ def train_rl(config, workdir: str, *, pool_factory: Optional[PoolFactory] = None
   tasks = build_tasks(config)
   epochs = field(config, "rl.epochs", int, minimum=1, default=1)
   total_steps = s.num_steps or max(1, epochs * len(tasks) // s.num_groups)
+  if total_steps * s.num_groups > epochs * len(tasks):  # fail now, not after hours of training
+    raise ConfigError(f"config fields 'rl.num_steps' x 'rl.num_groups' = {total_steps} x {s.num_groups} need "
+                      f"{total_steps * s.num_groups} task instances, but 'rl.epochs' x tasks = {epochs} x "
+                      f"{len(tasks)}: raise rl.epochs or rl.tasks_per_family, or lower rl.num_steps")
   opt_cfg = dict(field(config, "optimizer"))
   opt_cfg["total_steps"] = opt_cfg.get("total_steps") or total_steps * s.num_minibatches
   try:

@@ -182,3 +182,12 @@ def test_resumed_run_ends_with_the_params_of_an_uninterrupted_run(tmp_path, comp
   assert EnginePool.handed_out == uninterrupted
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                full["state"].params, resumed["state"].params)
+
+
+def test_more_steps_than_the_task_supply_is_a_config_error_before_training(tmp_path):
+  from biomni_jax.config_utils import ConfigError
+
+  # 12 tasks x 1 epoch feed 6 steps of 2 groups; a 7th step would find the task stream empty mid-run.
+  with pytest.raises(ConfigError, match=r"rl.num_steps.*14 task instances.*1 x 12"):
+    rl.train_rl(demo_rl_config(**{"rl.num_steps": 7}), str(tmp_path / "run"), pool_factory=EnginePool)
+  assert not os.path.exists(tmp_path / "run" / "checkpoints") or not os.listdir(tmp_path / "run" / "checkpoints")
