@@ -1,11 +1,15 @@
 """Does the demo model learn in-context copying (induction) within a CPU budget? A diagnostic.
 
     python experiments/induction_probe.py [--steps=600] [--lr=3e-3] [--token_range=300,2048] [--peer=torch]
+        [--pattern=spans|periodic] [--period=32] [--batch=8] [--seq_len=512]
 
-Rows of random tokens in which spans of 3-15 tokens repeat an earlier span of the same row (about half of
-each row), loss on every token. A span's first token is unpredictable; the rest are predictable only by
-copying (find the earlier occurrence of the previous token, emit what followed it). Induction accuracy =
-greedy accuracy on those tokens; chance = 1 / (number of distinct tokens). The model is configs/demo.py's
+--pattern=spans (content-based copying): rows of random tokens in which spans of 3-15 tokens repeat an
+earlier span of the same row (about half of each row), loss on every token. A span's first token is
+unpredictable; the rest are predictable only by copying (find the earlier occurrence of the previous
+token, emit what followed it). --pattern=periodic (positional copying, the control): each row is one
+random segment of --period tokens repeated, so every token after the first segment equals the token
+--period positions back; one attention head with a fixed relative offset solves it. Copy accuracy =
+greedy accuracy on the copyable tokens; chance = 1 / (number of distinct tokens). The model is configs/demo.py's
 (4 layers, hidden 128, Qwen3). `--peer=torch` trains transformers' Qwen3ForCausalLM of the same shape on
 the same rows instead, to tell an implementation fault from a property of the model size and budget.
 This is why the demo agent copies a multiple-choice letter (a distinctive previous token) but not ids.
@@ -26,6 +30,8 @@ _SEQ = flags.DEFINE_integer("seq_len", 512, "tokens per row")
 _RANGE = flags.DEFINE_list("token_range", ["300", "2048"], "random tokens are drawn from [lo, hi)")
 _PEER = flags.DEFINE_enum("peer", "jax", ["jax", "torch"], "which implementation trains")
 _EVERY = flags.DEFINE_integer("log_every", 25, "steps between log lines")
+_PATTERN = flags.DEFINE_enum("pattern", "spans", ["spans", "periodic"], "content-based or positional copying")
+_PERIOD = flags.DEFINE_integer("period", 32, "segment length of --pattern=periodic")
 
 VOCAB = 2048
 WARMUP = 20
@@ -51,6 +57,15 @@ def repeated_span_rows(rng, batch: int, seq_len: int, lo: int, hi: int):
     rows.append(row[:seq_len])
     masks.append(mask[:seq_len])
   return np.array(rows, np.int32), np.array(masks, np.float32)
+
+
+def periodic_rows(rng, batch: int, seq_len: int, lo: int, hi: int, period: int):
+  """tokens int32 [B, T]: a random segment of `period` tokens repeated; copy_mask 1 after the first segment."""
+  segment = rng.integers(lo, hi, (batch, period))
+  tokens = np.tile(segment, (1, -(-seq_len // period)))[:, :seq_len]
+  mask = np.zeros(tokens.shape, np.float32)
+  mask[:, period:] = 1
+  return tokens.astype(np.int32), mask
 
 
 def jax_trainer(lr: float, steps: int):
@@ -121,20 +136,25 @@ def main(argv):
   lo, hi = (int(x) for x in _RANGE.value)
   if not 0 <= lo < hi <= VOCAB:
     raise SystemExit(f"--token_range: expected 0 <= lo < hi <= {VOCAB}, found {lo},{hi}")
+  if _PATTERN.value == "periodic" and not 1 <= _PERIOD.value < _SEQ.value:
+    raise SystemExit(f"--period: expected 1 <= period < seq_len ({_SEQ.value}), found {_PERIOD.value}")
   if _STEPS.value <= WARMUP:
     raise SystemExit(f"--steps: expected more than the {WARMUP} warmup steps, found {_STEPS.value}")
   rng = np.random.default_rng(0)
   run = (jax_trainer if _PEER.value == "jax" else torch_trainer)(_LR.value, _STEPS.value)
   t0, accs = time.time(), []
   for i in range(_STEPS.value + 1):
-    loss, acc = run(*repeated_span_rows(rng, _BATCH.value, _SEQ.value, lo, hi))
+    if _PATTERN.value == "spans":
+      loss, acc = run(*repeated_span_rows(rng, _BATCH.value, _SEQ.value, lo, hi))
+    else:
+      loss, acc = run(*periodic_rows(rng, _BATCH.value, _SEQ.value, lo, hi, _PERIOD.value))
     accs.append(acc)
     if i % _EVERY.value == 0:
-      print(f"step {i:4d}  loss {loss:.3f}  induction acc {acc:.3f}  {time.time() - t0:.0f}s", flush=True)
-  print("RESULT", json.dumps({"peer": _PEER.value, "steps": _STEPS.value, "lr": _LR.value,
+      print(f"step {i:4d}  loss {loss:.3f}  copy acc {acc:.3f}  {time.time() - t0:.0f}s", flush=True)
+  print("RESULT", json.dumps({"peer": _PEER.value, "pattern": _PATTERN.value, "steps": _STEPS.value, "lr": _LR.value,
                               "distinct_tokens": hi - lo, "chance": round(1 / (hi - lo), 4),
                               "unigram_loss": round(float(np.log(hi - lo)), 3), "final_loss": round(loss, 3),
-                              "induction_acc_last50": round(float(np.mean(accs[-50:])), 4)}))
+                              "copy_acc_last50": round(float(np.mean(accs[-50:])), 4)}))
 
 
 if __name__ == "__main__":
