@@ -23,7 +23,8 @@ Peers, on the same episodes (B groups x G = slots episodes per batch):
          turn time is the median of 7 full-batch turns (8 prompts of 59 tokens, one batched prefill call).
 Printed: trajectories/min of each, async/sync and async/bound, process CPU seconds of each timed run,
 and the engine's own accounting of the timed async run (decode rows in use, tokens decoded vs
-delivered, prefill calls, host offloads of evicted sessions, seconds in decode / prefill / admission).
+delivered, prefill calls and how many rode along a decode step, host offloads of evicted sessions, seconds in
+decode (fused prefill included) / separate prefill calls / admission).
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ def main(argv=None):
     params = M.init_params(config, jax.random.key(0))
     engine = Engine(config, params, num_slots=args.slots, max_len=1024, detokenize=tokenizer.decode,
                     max_prefill_chunk=128, decode_block=64)
+    engine.precompile()  # every prefill bucket, alone and with the decode step (the peers share these programs)
     turn_s = full_batch_turn_time(engine, args.slots, args.tokens)
     tool_mean = args.tool_scale * turn_s
     groups_per_batch = max(1, args.slots // args.group_size)
@@ -257,7 +259,7 @@ def main(argv=None):
     print(f"        engine: busy {stats['engine_busy_fraction']:.2f}, decode rows used "
           f"{stats['decoded_tokens'] / max(1, stats['decode_steps']) / args.slots:.2f}, tokens decoded "
           f"{stats['decoded_tokens']} (delivered {n_traj * args.turns * args.tokens}), prefill calls "
-          f"{stats['prefill_calls']} ({stats['prefilled_tokens']} tokens), {stats['offloads']} host offloads "
+          f"{stats['prefill_calls']} ({stats['fused_prefills']} within a decode step, {stats['prefilled_tokens']} tokens), {stats['offloads']} host offloads "
           f"({stats['restored_tokens']} tokens restored); seconds: decode {stats['decode_seconds']:.2f}, prefill "
           f"{stats['prefill_seconds']:.2f}, admit+offload {stats['admit_seconds']:.2f}, idle {stats['idle_seconds']:.2f}")
     print(f"bound : {per_min(bound_s):8.1f} trajectories/min ({bound_s:.2f} s; generation {gen_bound:.2f} s, "

@@ -28,10 +28,10 @@ def _rms_norm(x, scale, eps, dtype):
   return scale.astype(dtype) * y.astype(dtype)
 
 
-def cached_attention(cache_k, cache_v, layer: int, q, lengths, block: int):
-  """q [N, K, G, D] (already scaled) against cache rows 0..lengths[n] of `layer` -> [N, K*G, D] float32."""
+def cached_attention(cache_k, cache_v, layer: int, q, lengths, block: int, num_blocks):
+  """q [N, K, G, D] (already scaled) against cache rows 0..lengths[n] of `layer` -> [N, K*G, D] float32,
+  over kv blocks 0..num_blocks-1 (rows longer than that get a truncated result: only idle rows are)."""
   n, kh, g, d = q.shape
-  num_blocks = jnp.max(lengths) // block + 1
 
   def body(j, carry):
     o, m, l = carry
@@ -62,17 +62,22 @@ def unstack_layers(params):
   return out
 
 
-def decode_forward(config: ModelConfig, params, cache, tokens, lengths, *, block: int = 128):
+def decode_forward(config: ModelConfig, params, cache, tokens, lengths, *, block: int = 128, active=None):
   """Feeds tokens [N] at positions lengths [N]; returns (logits [N, V] float32, new cache).
 
   `params` as `unstack_layers` returns (stacked params work too, slower). Requires lengths < S. Rows of
-  idle slots may carry any length < S: they write K/V at that index only.
+  idle slots may carry any length < S: they write K/V at that index only. `active` [N] bool (default all)
+  marks the rows whose logits matter: attention runs over max(lengths[active]) // block + 1 kv blocks, so
+  an idle slot holding a long session does not make every row attend over its length (the active rows'
+  results are unchanged: blocks past a row's length add exact zeros).
   """
   c, dt = config, config.compute_dtype
   kh, g, d = c.num_key_value_heads, c.num_groups, c.head_dim
   cache_k, cache_v = cache
   n = tokens.shape[0]
   rows = jnp.arange(n)
+  attended = lengths if active is None else jnp.where(active, lengths, 0)
+  num_blocks = jnp.max(attended) // block + 1
   x = params["embed_tokens"]["embedding"].astype(dt)[tokens]  # [N, E]
   cos, sin = rope_cos_sin(c, lengths[:, None])  # [N, 1, D]
   for layer in range(c.num_hidden_layers):
@@ -87,7 +92,7 @@ def decode_forward(config: ModelConfig, params, cache, tokens, lengths, *, block
     k = apply_rope(_rms_norm(k, attn["k_norm"]["scale"], c.rms_norm_eps, dt)[:, None], cos, sin)[:, 0]
     cache_k = cache_k.at[layer, rows, lengths].set(k.astype(cache_k.dtype))
     cache_v = cache_v.at[layer, rows, lengths].set(v.astype(cache_v.dtype))
-    out = cached_attention(cache_k, cache_v, layer, q.reshape(n, kh, g, d) * (d ** -0.5), lengths, block)
+    out = cached_attention(cache_k, cache_v, layer, q.reshape(n, kh, g, d) * (d ** -0.5), lengths, block, num_blocks)
     x = x + jnp.einsum("nhd,hde->ne", out.astype(dt), attn["o_proj"]["kernel"].astype(dt))
     mlp = p["mlp"]
     h = _rms_norm(x, p["post_attention_layernorm"]["scale"], c.rms_norm_eps, dt)

@@ -18,7 +18,11 @@ requests, prefill one chunk (at most `max_prefill_chunk` tokens) of every slot t
 prefill, then one decode step over all slots. A request's chunk is padded to the smallest bucket of
 `kv_cache.prefill_buckets` that holds it; the chunks of one bucket (up to `max_prefill_rows` of them) go
 to the device in one call, which runs them one after another (`steps.prefill_rows`), so a request's
-numbers never depend on what else is prefilled with it. Failures stay local: a bad request or a failing callback fails that
+numbers never depend on what else is prefilled with it. One bucket's chunks ride in the same device call
+as the decode step (`steps.prefill_decode`; the bucket with the most prompt-completing chunks), so an
+iteration that admits a turn costs one dispatch and one host sync, not two; other buckets, and prefill
+with nothing to decode, get calls of their own. A request whose prompt completes decodes in the same
+iteration either way. Failures stay local: a bad request or a failing callback fails that
 request's future; a failing device step fails the requests it carried, rebuilds the cache, and sessions
 re-prefill. The thread itself never exits until `shutdown`.
 """
@@ -108,7 +112,8 @@ class Engine:
     self._ids = itertools.count()
     self._clock = itertools.count()
     self._stopping = False
-    self.stats = dict(decode_steps=0, decoded_tokens=0, prefill_calls=0, prefill_chunks=0, prefilled_tokens=0,
+    self.stats = dict(decode_steps=0, decoded_tokens=0, prefill_calls=0, fused_prefills=0, prefill_chunks=0,
+                      prefilled_tokens=0,
                       evictions=0, offloads=0, restored_tokens=0, step_failures=0, request_failures=0,
                       admit_seconds=0.0, prefill_seconds=0.0, decode_seconds=0.0, idle_seconds=0.0)
     self._thread = threading.Thread(target=self._run, name="biomni-sampling-engine", daemon=True)
@@ -125,6 +130,12 @@ class Engine:
   @property
   def version(self) -> int:
     return self._version
+
+  def precompile(self) -> None:
+    """Compiles every prefill bucket's programs and the decode step now (otherwise each compiles on first
+    use, stalling the loop for the compile time). Call before submitting; host offload copies still
+    compile per prefix bucket on first use."""
+    self._steps.precompile(self._params, self._decode_params, self._cache, self.max_prefill_rows, self.buckets)
 
   def is_alive(self) -> bool:
     return self._thread.is_alive()
@@ -197,9 +208,12 @@ class Engine:
         t1 = time.perf_counter()
         self._admit()  # includes host offload / restore of evicted sessions' K/V
         t2 = time.perf_counter()
-        self._prefill_some()
+        fused = self._prefill_some()
         t3 = time.perf_counter()
-        self._decode_once()
+        if fused is None:
+          self._decode_once()
+        else:
+          self._prefill_decode(*fused)
         t4 = time.perf_counter()
         stats = self.stats
         stats["idle_seconds"] += t1 - t0
@@ -344,8 +358,9 @@ class Engine:
     session.cached = n
     self.stats["restored_tokens"] += n
 
-  def _prefill_some(self) -> None:
-    """One chunk of every prefilling request: one device call per chunk bucket."""
+  def _prefill_some(self) -> Optional[tuple]:
+    """One chunk of every prefilling request: one device call per chunk bucket, except the bucket returned
+    as (width, group) to go with this iteration's decode step (None: nothing to fuse)."""
     by_bucket: dict[int, list] = {}
     for r in self._active:
       if r.state == "prefill":
@@ -354,10 +369,19 @@ class Engine:
         group = by_bucket.setdefault(bucket, [])
         if len(group) < self.max_prefill_rows:
           group.append((r, real))
+    if not by_bucket:
+      return None
+    completing = lambda item: sum(r.session.cached + real == len(r.session.history) for r, real in item[1])  # noqa: E731
+    fused = max(sorted(by_bucket.items()), key=completing)
+    if not (completing(fused) or any(r.state == "decode" for r in self._active)):
+      fused = None  # nothing would decode: a prefill-only call is cheaper
     for bucket, group in sorted(by_bucket.items()):
-      self._prefill_call(bucket, group)
+      if fused is None or bucket != fused[0]:
+        self._prefill_call(bucket, group)
+    return fused
 
-  def _prefill_call(self, width: int, group: list) -> None:
+  def _prefill_inputs(self, width: int, group: list) -> tuple:
+    """The prefill step's arguments after the cache, for `group` [(request, real tokens)] padded to width."""
     rows = self.max_prefill_rows
     tokens, slots, starts, lasts, top_k = (np.zeros((rows, width), np.int32), *(np.zeros(rows, np.int32)
                                                                                  for _ in range(4)))
@@ -368,10 +392,13 @@ class Engine:
       tokens[i, :real] = s.history[s.cached:s.cached + real]
       slots[i], starts[i], lasts[i] = s.slot, s.cached, real - 1
       temperature[i], top_p[i], top_k[i], key_data[i] = p.temperature, p.top_p, p.top_k, r.key_data
+    return (len(group), slots, tokens, starts, lasts, key_data, np.zeros(rows, np.int32), temperature, top_p,
+            top_k)
+
+  def _prefill_call(self, width: int, group: list) -> None:
     try:
-      out_tokens, out_logprobs, self._cache = self._steps.prefill(
-          self._params, self._cache, len(group), slots, tokens, starts, lasts, key_data, np.zeros(rows, np.int32),
-          temperature, top_p, top_k)
+      out_tokens, out_logprobs, self._cache = self._steps.prefill(self._params, self._cache,
+                                                                  *self._prefill_inputs(width, group))
       out_tokens, out_logprobs = np.asarray(out_tokens), np.asarray(out_logprobs)
     except Exception as exc:  # noqa: BLE001 - the requests this call carried fail; others carry on
       for r, _ in group:
@@ -379,6 +406,10 @@ class Engine:
       if self._cache_deleted():  # every slot's K/V is gone
         raise
       return
+    self._prefilled(group, out_tokens, out_logprobs)
+
+  def _prefilled(self, group: list, out_tokens: np.ndarray, out_logprobs: np.ndarray) -> None:
+    """Host bookkeeping after a prefill chunk; a request whose prompt is complete takes its first token."""
     self.stats["prefill_calls"] += 1
     for i, (r, real) in enumerate(group):
       s = r.session
@@ -395,24 +426,63 @@ class Engine:
 
   # ------------------------------------------------------------------------------------------ decoding
 
+  def _decode_inputs(self, decoding: list, after_prefill: dict) -> tuple:
+    """The decode step's arguments after the cache. decoding: requests in state decode; after_prefill:
+    slot -> (request, real) of the chunks prefilled in the same program (their K/V is written first)."""
+    n = self.num_slots
+    tokens, lengths, counters, top_k = (np.zeros(n, np.int32) for _ in range(4))
+    temperature, top_p = np.zeros(n, np.float32), np.ones(n, np.float32)
+    key_data, active = np.zeros((n, 2), np.uint32), np.zeros(n, bool)
+    for slot, owner in enumerate(self._slot_owner):
+      if owner is not None:  # idle rows write K/V only past their valid prefix
+        lengths[slot] = owner.cached + (after_prefill[slot][1] if slot in after_prefill else 0)
+    for r in decoding:
+      i, p = r.session.slot, r.params
+      tokens[i], counters[i], active[i] = r.session.history[-1] if r.tokens else 0, len(r.tokens), True
+      temperature[i], top_p[i], top_k[i], key_data[i] = p.temperature, p.top_p, p.top_k, r.key_data
+    return tokens, lengths, active, key_data, counters, temperature, top_p, top_k
+
   def _decode_once(self) -> None:
     decoding = [r for r in self._active if r.state == "decode"]
     if not decoding:
       return
-    n = self.num_slots
-    tokens, lengths, counters, top_k = (np.zeros(n, np.int32) for _ in range(4))
-    temperature, top_p = np.zeros(n, np.float32), np.ones(n, np.float32)
-    key_data = np.zeros((n, 2), np.uint32)
-    for slot, owner in enumerate(self._slot_owner):
-      if owner is not None:
-        lengths[slot] = owner.cached  # idle rows write K/V only past their valid prefix
-    for r in decoding:
-      i, p = r.session.slot, r.params
-      tokens[i], lengths[i], counters[i] = r.session.history[-1], r.session.cached, len(r.tokens)
-      temperature[i], top_p[i], top_k[i], key_data[i] = p.temperature, p.top_p, p.top_k, r.key_data
-    out_tokens, out_logprobs, self._cache = self._steps.decode(
-        self._decode_params, self._cache, tokens, lengths, key_data, counters, temperature, top_p, top_k)
-    out_tokens, out_logprobs = np.asarray(out_tokens), np.asarray(out_logprobs)
+    out_tokens, out_logprobs, self._cache = self._steps.decode(self._decode_params, self._cache,
+                                                               *self._decode_inputs(decoding, {}))
+    self._decoded(decoding, np.asarray(out_tokens), np.asarray(out_logprobs))
+
+  def _prefill_decode(self, width: int, group: list) -> None:
+    """One bucket's prefill chunks and the decode step in one device call (`steps.prefill_decode`)."""
+    decoding = [r for r in self._active if r.state == "decode"]
+    completing = [(i, r) for i, (r, real) in enumerate(group) if r.session.cached + real == len(r.session.history)]
+    from_prefill = np.full(self.num_slots, -1, np.int32)
+    for i, r in completing:
+      from_prefill[r.session.slot] = i
+    # Rows completing their prompt decode right after their first token, as if it had been accepted:
+    # counter 1, position cached + real (the token itself comes from the prefill half, on the device).
+    decode_inputs = self._decode_inputs(decoding + [r for _, r in completing],
+                                        {r.session.slot: (r, real) for r, real in group})
+    counters = decode_inputs[4]
+    for _, r in completing:
+      counters[r.session.slot] = 1
+    try:
+      p_tokens, p_logprobs, d_tokens, d_logprobs, self._cache = self._steps.prefill_decode(
+          self._params, self._decode_params, self._cache, self._prefill_inputs(width, group), from_prefill,
+          decode_inputs)
+      p_tokens, p_logprobs = np.asarray(p_tokens), np.asarray(p_logprobs)
+      d_tokens, d_logprobs = np.asarray(d_tokens), np.asarray(d_logprobs)
+    except Exception as exc:  # noqa: BLE001 - the loop fails the decoding requests and rebuilds the cache
+      for r, _ in group:
+        self._fail(r, exc)
+      raise
+    self.stats["fused_prefills"] += 1
+    self._prefilled(group, p_tokens, p_logprobs)
+    # A request its first token finished (stop, max_new_tokens 1, max_len) drops its decoded token.
+    still = [r for _, r in completing if r.state == "decode" and r in self._active]
+    self._decoded(decoding + still, d_tokens, d_logprobs)
+
+  def _decoded(self, decoding: list, out_tokens: np.ndarray, out_logprobs: np.ndarray) -> None:
+    if not decoding:
+      return
     self.stats["decode_steps"] += 1
     self.stats["decoded_tokens"] += len(decoding)
     for r in decoding:

@@ -4,6 +4,7 @@ import numpy as np
 
 from biomni_jax import model as M
 from biomni_jax.sampling import Engine, SamplingParams
+from biomni_jax.sampling.decode import unstack_layers
 from biomni_jax.sampling.steps import StepCompiler
 from tests.sampling.conftest import random_ids
 
@@ -79,3 +80,70 @@ def test_host_offload_budget_drops_oldest_copies(tiny_checkpoint):
     assert sessions[0].offloaded is None and sessions[1].offloaded is not None
     again = eng.submit(sessions[1], [5], sp).result(TIMEOUT)
     assert again.prompt_tokens_prefilled == 2
+
+
+def test_prefill_decode_in_one_program_equals_the_two_programs_bit_for_bit(tiny_checkpoint):
+  _, config, params = tiny_checkpoint
+  steps = StepCompiler(config, None, decode_block=32)
+  dparams = unstack_layers(params)
+  N, R, T, S = 6, 6, 16, 128
+  rng = np.random.default_rng(1)
+  prefix = rng.standard_normal((config.num_hidden_layers, N, S, config.num_key_value_heads,
+                                 config.head_dim)).astype(np.float32)
+  fresh_cache = lambda: (jnp.asarray(prefix), jnp.asarray(prefix * 2))  # noqa: E731 - calls donate the cache
+  # Prefill rows 0..2 into slots 4, 1, 5; slots 1 and 4 complete their prompt and decode at once.
+  slots, starts, lasts = np.array([4, 1, 5, 0, 0, 0]), np.array([9, 60, 0, 0, 0, 0]), np.array([15, 3, 10, 0, 0, 0])
+  prefill = (3, slots, rng.integers(0, config.vocab_size, (R, T)).astype(np.int32), starts, lasts,
+             rng.integers(0, 2 ** 31, (R, 2)).astype(np.uint32), np.zeros(R, np.int32), np.full(R, 0.9),
+             np.ones(R), np.zeros(R, np.int32))
+  from_prefill = np.array([-1, 1, -1, -1, 0, -1])
+  d_tokens = rng.integers(0, config.vocab_size, N).astype(np.int32)
+  lengths = np.array([70, 64, 3, 30, 25, 11])  # slot 5 is idle mid-prompt: written past its 11 valid positions
+  active = np.array([True, True, False, True, True, False])
+  decode = (lengths, active, rng.integers(0, 2 ** 31, (N, 2)).astype(np.uint32), np.array([3, 1, 0, 7, 1, 0]),
+            np.full(N, 1.1), np.full(N, 0.95), np.array([0, 5, 0, 0, 0, 0]))
+
+  p_tok, p_lp, cache = steps.prefill(params, fresh_cache(), *prefill)
+  fed = np.where(from_prefill >= 0, np.asarray(p_tok)[np.maximum(from_prefill, 0)], d_tokens)
+  d_tok, d_lp, (k_two, v_two) = steps.decode(dparams, cache, fed, *decode)
+  p_tok1, p_lp1, d_tok1, d_lp1, (k_one, v_one) = steps.prefill_decode(params, dparams, fresh_cache(), prefill,
+                                                                      from_prefill, (d_tokens,) + decode)
+  np.testing.assert_array_equal(np.asarray(p_tok1), np.asarray(p_tok))
+  np.testing.assert_array_equal(np.asarray(p_lp1), np.asarray(p_lp))
+  np.testing.assert_array_equal(np.asarray(d_tok1)[active], np.asarray(d_tok)[active])
+  np.testing.assert_array_equal(np.asarray(d_lp1)[active], np.asarray(d_lp)[active])
+  np.testing.assert_array_equal(np.asarray(k_one), np.asarray(k_two))
+  np.testing.assert_array_equal(np.asarray(v_one), np.asarray(v_two))
+
+
+def test_decode_attends_over_active_rows_only_and_their_results_do_not_change(tiny_checkpoint):
+  _, config, params = tiny_checkpoint
+  steps = StepCompiler(config, None, decode_block=16)
+  dparams = unstack_layers(params)
+  N, S = 4, 128
+  rng = np.random.default_rng(2)
+  prefix = rng.standard_normal((config.num_hidden_layers, N, S, config.num_key_value_heads,
+                                 config.head_dim)).astype(np.float32)
+  tokens, lengths = np.array([3, 4, 5, 6]), np.array([10, 120, 20, 0])  # slot 1: an idle session of 120 tokens
+  rest = (rng.integers(0, 2 ** 31, (N, 2)).astype(np.uint32), np.zeros(N, np.int32), np.zeros(N), np.ones(N),
+          np.zeros(N, np.int32))
+  outs = [steps.decode(dparams, (jnp.asarray(prefix), jnp.asarray(prefix)), tokens, lengths, active, *rest)
+          for active in (np.ones(N, bool), np.array([True, False, True, False]))]
+  for row in (0, 2):
+    assert np.asarray(outs[0][1])[row] == np.asarray(outs[1][1])[row]  # bit-identical log-probs
+  # The idle row wrote (garbage) K/V at its own position only: its valid prefix is untouched.
+  k_idle = np.asarray(outs[1][2][0])[:, 1]
+  np.testing.assert_array_equal(k_idle[:, :120], prefix[:, 1, :120])
+  np.testing.assert_array_equal(k_idle[:, 121:], prefix[:, 1, 121:])
+
+
+def test_precompile_covers_every_program_the_engine_runs(tiny_checkpoint):
+  _, config, params = tiny_checkpoint
+  with Engine(config, params, num_slots=3, max_len=128, max_prefill_chunk=32, decode_block=32) as eng:
+    eng.precompile()
+    compiled = set(eng.compilations)
+    sp = SamplingParams(temperature=0.7, max_new_tokens=6, seed=1)
+    futures = [eng.generate(random_ids(n, seed=n), sp) for n in (5, 20, 40, 70)]
+    assert all(len(f.result(TIMEOUT).token_ids) == 6 for f in futures)
+    assert eng.stats["fused_prefills"] >= 1
+    assert {c for c in eng.compilations if c[0] != "read_slot" and c[0] != "write_slot"} <= compiled
