@@ -16,6 +16,9 @@ The rules are those of biomni_jax.env.episode.run_episode (the text-level loop) 
                      its output comes back as the user turn `<observation>...</observation>`
       - the next turn starts with `<|im_start|>assistant\\n`
     an engine error ends the episode ("error"), recorded with the exception text.
+Turns are submitted with priority group_id: when turns wait for an engine slot, older groups go first, so a
+group's stragglers finish before their oldest tokens fall out of the staleness window (a restart wastes the
+whole episode) and the group, which the trainer waits for as a whole, is delivered sooner.
 
 The ids equal `ChatRenderer.render(messages).ids` of the final conversation (assistant messages carry
 their sampled `token_ids`); the masks differ from render's only on `<|im_end|>` tokens the model did
@@ -151,7 +154,8 @@ async def run_token_episode(
             params = SamplingParams(
                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                 max_new_tokens=cfg.max_new_tokens_per_turn, stop=stop, stop_token_ids=(renderer.im_end,),
-                seed=request_seed(cfg.seed, instance.instance_id, group_id, sample_index, attempt, turn))
+                seed=request_seed(cfg.seed, instance.instance_id, group_id, sample_index, attempt, turn),
+                priority=group_id)
             started = time.monotonic()
             try:
                 completion = await engine.generate(session, log_.ids[engine_len:], params)

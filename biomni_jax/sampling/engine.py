@@ -276,6 +276,7 @@ class Engine:
 
   def _admit(self) -> None:
     still_waiting = []
+    self._waiting.sort(key=lambda r: r.params.priority)  # stable: arrival order among equal priorities
     for req in self._waiting:
       if req.future.done():  # cancelled by the caller
         continue

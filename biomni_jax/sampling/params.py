@@ -16,6 +16,8 @@ class SamplingParams:
   `stop_token_ids` (kept in the output), or when the decoded text of this turn contains a stop string
   (the token that completes it is kept; nothing is cut, so the trainer sees exactly the sampled ids).
   `seed` fixes the request's random stream: token i uses fold_in(key(seed), i) whatever shares the batch.
+  `priority`: requests waiting for a cache slot get one lowest priority first (arrival order among equals);
+  it changes when a turn runs, never what it samples.
   """
   temperature: float = 1.0
   top_p: float = 1.0
@@ -24,6 +26,7 @@ class SamplingParams:
   stop: tuple[str, ...] = ()
   stop_token_ids: tuple[int, ...] = ()
   seed: int = 0
+  priority: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "stop", tuple(self.stop))

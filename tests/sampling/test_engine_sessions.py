@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biomni_jax.sampling import SamplingParams
+from biomni_jax.sampling import Engine, SamplingParams
 from tests.sampling.conftest import random_ids
 
 TIMEOUT = 120
@@ -84,3 +84,22 @@ def test_update_params_applies_from_the_next_step_and_tags_tokens(engine, tiny_c
   after = engine.generate(random_ids(10, seed=30), SamplingParams(temperature=0, max_new_tokens=3)).result(TIMEOUT)
   assert after.token_versions == (2, 2, 2)
   assert len(engine.compilations) == compiled_before
+
+
+def test_waiting_requests_get_a_slot_lowest_priority_first_and_sample_the_same(tiny_checkpoint):
+  _, config, params = tiny_checkpoint
+  sp = lambda priority: SamplingParams(temperature=0.8, max_new_tokens=4, seed=9, priority=priority)  # noqa: E731
+  order, alone = [], {}
+  with Engine(config, params, num_slots=1, max_len=128, max_prefill_chunk=32, decode_block=32) as eng:
+    for p in (5, 1, 3):
+      alone[p] = eng.generate(random_ids(12, seed=p), sp(p)).result(TIMEOUT)
+    blocker = eng.generate(random_ids(8, seed=0), SamplingParams(temperature=0, max_new_tokens=60))
+    while eng.stats["decoded_tokens"] < 1:  # the blocker holds the only slot
+      time.sleep(0.001)
+    futures = {p: eng.generate(random_ids(12, seed=p), sp(p)) for p in (5, 1, 3)}
+    for p, f in futures.items():
+      f.add_done_callback(lambda _, p=p: order.append(p))
+    blocker.result(TIMEOUT)
+    crowded = {p: f.result(TIMEOUT) for p, f in futures.items()}
+  assert order == [1, 3, 5]
+  assert all(crowded[p].token_ids == alone[p].token_ids for p in (5, 1, 3))
