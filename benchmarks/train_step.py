@@ -3,6 +3,7 @@ same run: the machine's matmul peak (a large float32 matmul in JAX) and transfor
 step (same weights, same batch, float32, all threads).
 
   python benchmarks/train_step.py [--batch 4 --seq 512 --steps 5]
+  python benchmarks/train_step.py --config configs/demo.py --batch 8 --seq 1024    # the demo's SFT step shape
 
 Prints tokens/s, achieved FLOP/s (6 * matmul params * tokens + causal attention, per model.flops_per_token),
 the fraction of the matmul peak, and the JAX / PyTorch speed ratio.
@@ -75,10 +76,18 @@ def main():
   parser.add_argument("--seq", type=int, default=512)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--remat", default="none")
+  parser.add_argument("--config", default="", help="take the model from this config file's `model` section "
+                      "(vocabulary: its tokenizer.vocab_size) instead of --preset, e.g. configs/demo.py")
   args = parser.parse_args()
 
-  config = M.get_preset(args.preset, remat_policy=args.remat, attention_block_q=256, attention_block_kv=256,
-                        logits_chunk=512)
+  if args.config:
+    from biomni_jax.config_utils import load_config_file, model_config
+    file_config = load_config_file(args.config)
+    config = model_config(file_config, vocab_size=file_config.tokenizer.vocab_size)
+    args.preset = args.config
+  else:
+    config = M.get_preset(args.preset, remat_policy=args.remat, attention_block_q=256, attention_block_kv=256,
+                          logits_chunk=512)
   params = M.init_params(config, jax.random.key(0))
   tokens = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq + 1)).astype(np.int32)
   n_tokens = args.batch * args.seq
@@ -90,7 +99,7 @@ def main():
     hf_io.save_hf_checkpoint(config, params, tmp)
     torch_s = torch_step_seconds(tmp, tokens, args.steps)
 
-  print(f"model {args.preset}: {config.num_params() / 1e6:.0f}M params; step = {args.batch} x {args.seq} tokens, "
+  print(f"model {args.preset}: {config.num_params() / 1e6:.1f}M params; step = {args.batch} x {args.seq} tokens, "
         f"forward + backward, float32, {os.cpu_count()} CPU cores")
   print(f"matmul peak (JAX, 2048^3 float32): {peak / 1e9:.1f} GFLOP/s")
   for name, s in (("biomni_jax (JAX)", jax_s), ("transformers (PyTorch)", torch_s)):

@@ -35,16 +35,20 @@ def _pad_axis(x, multiple: int, axis: int, value):
   return jnp.pad(x, widths, constant_values=value)
 
 
-def _block_scores(q_blk, k_blk, qi_blk, qs_blk, ks_blk, kv_start, scale):
+def _block_scores(q_blk, kt_blk, qi_blk, qs_blk, ks_blk, kv_start, scale):
   """Scores and mask of one (query block, kv block) pair.
 
-  q_blk [B, bq, K, G, D], k_blk [B, bk, K, D] -> s float32 [B, K, G, bq, bk], mask bool [B, 1, 1, bq, bk].
+  q_blk [B, K, G, bq, D], kt_blk [B, K, D, bk] -> s float32 [B, K, G, bq, bk], mask bool [B, 1, 1, bq, bk].
   """
-  s = jnp.einsum("bqkgd,bskd->bkgqs", q_blk, k_blk, preferred_element_type=jnp.float32) * scale
-  kv_pos = kv_start + jnp.arange(k_blk.shape[1], dtype=jnp.int32)
-  mask = (kv_pos[None, None, :] <= qi_blk[:, :, None]) & (qs_blk[:, :, None] == ks_blk[:, None, :])
-  mask = mask[:, None, None]
-  return jnp.where(mask, s, _NEG), mask
+  s = jnp.einsum("bkgqd,bkds->bkgqs", q_blk, kt_blk, preferred_element_type=jnp.float32) * scale
+  mask = _block_mask(qi_blk, qs_blk, ks_blk, kv_start, kt_blk.shape[-1])
+  return jnp.where(mask[:, None, None], s, _NEG), mask[:, None, None]
+
+
+def _block_mask(qi_blk, qs_blk, ks_blk, kv_start, block_kv):
+  """bool [B, bq, bk]: kv position visible to the query (causal by index, same segment)."""
+  kv_pos = kv_start + jnp.arange(block_kv, dtype=jnp.int32)
+  return (kv_pos[None, None, :] <= qi_blk[:, :, None]) & (qs_blk[:, :, None] == ks_blk[:, None, :])
 
 
 def _num_kv_blocks(qi_blk, block_kv: int, num_kv_blocks: int):
@@ -52,41 +56,55 @@ def _num_kv_blocks(qi_blk, block_kv: int, num_kv_blocks: int):
   return jnp.clip(jnp.max(qi_blk) // block_kv + 1, 0, num_kv_blocks)
 
 
+def _split_q(x, block_q: int, kv_heads: int):
+  """[B, T, K*G, D] -> [nq, B, K, G, bq, D] (zero-padded to a multiple of block_q)."""
+  b, _, h, d = x.shape
+  x = _pad_axis(x, block_q, 1, 0).reshape(b, -1, block_q, kv_heads, h // kv_heads, d)
+  return x.transpose(1, 0, 3, 4, 2, 5)
+
+
 def _split(q, k, v, q_index, q_segment, kv_segment, block_q, block_kv):
-  """Pads and reshapes into blocks; returns blocked arrays and the padded sizes."""
-  b, t, h, d = q.shape
-  kh = k.shape[2]
-  g = h // kh
-  q = _pad_axis(q, block_q, 1, 0).reshape(b, -1, block_q, kh, g, d)
-  q_index = _pad_axis(q_index, block_q, 1, -1).reshape(b, -1, block_q)
-  q_segment = _pad_axis(q_segment, block_q, 1, _Q_PAD_SEGMENT).reshape(b, -1, block_q)
-  k = _pad_axis(k, block_kv, 1, 0).reshape(b, -1, block_kv, kh, d)
-  v = _pad_axis(v, block_kv, 1, 0).reshape(b, -1, block_kv, kh, d)
-  kv_segment = _pad_axis(kv_segment, block_kv, 1, _KV_PAD_SEGMENT).reshape(b, -1, block_kv)
-  return q, k, v, q_index, q_segment, kv_segment
+  """Pads and cuts into blocks, block index first and heads before tokens, so that a loop step slices one
+  contiguous block and every block product is a plain batched matmul over (B, K) (XLA:CPU otherwise
+  copies each score block into a transposed layout):
+    q [nq, B, K, G, bq, D], k/v [nk, B, K, bk, D], q_index/q_segment [nq, B, bq], kv_segment [nk, B, bk]."""
+  b, kh = q.shape[0], k.shape[2]
+
+  def kv_blocks(x):
+    return _pad_axis(x, block_kv, 1, 0).reshape(b, -1, block_kv, kh, x.shape[-1]).transpose(1, 0, 3, 2, 4)
+
+  def token_blocks(x, block, pad_value):
+    return _pad_axis(x, block, 1, pad_value).reshape(b, -1, block).transpose(1, 0, 2)
+
+  return (_split_q(q, block_q, kh), kv_blocks(k), kv_blocks(v), token_blocks(q_index, block_q, -1),
+          token_blocks(q_segment, block_q, _Q_PAD_SEGMENT), token_blocks(kv_segment, block_kv, _KV_PAD_SEGMENT))
+
+
+def _unsplit_q(x, b: int, t: int):
+  """[nq, B, K, G, bq, D] -> [B, T, K*G, D] (drops the padding)."""
+  nq, _, kh, g, bq, d = x.shape
+  return jnp.transpose(x, (1, 0, 4, 2, 3, 5)).reshape(b, nq * bq, kh * g, d)[:, :t]
 
 
 def _forward(q, k, v, q_index, q_segment, kv_segment, scale, block_q, block_kv):
-  """Returns (out [B, T, H, D] in q.dtype, lse float32 [B, K, G, Tpad])."""
+  """Returns (out [B, T, H, D] in q.dtype, lse float32 [nq, B, K, G, bq])."""
   b, t, h, d = q.shape
   qb, kb, vb, qib, qsb, ksb = _split(q, k, v, q_index, q_segment, kv_segment, block_q, block_kv)
-  nq, nk = qb.shape[1], kb.shape[1]
-  kh, g = qb.shape[3], qb.shape[4]
+  ktb = jnp.swapaxes(kb, -1, -2)  # [nk, B, K, D, bk]
+  nk = kb.shape[0]
+  kh, g = qb.shape[2], qb.shape[3]
 
   def one_query_block(args):
     q_blk, qi_blk, qs_blk = args
 
     def body(j, carry):
       o, m, l = carry
-      k_blk = lax.dynamic_index_in_dim(kb, j, 1, keepdims=False)
-      v_blk = lax.dynamic_index_in_dim(vb, j, 1, keepdims=False)
-      ks_blk = lax.dynamic_index_in_dim(ksb, j, 1, keepdims=False)
-      s, mask = _block_scores(q_blk, k_blk, qi_blk, qs_blk, ks_blk, j * block_kv, scale)
+      s, mask = _block_scores(q_blk, ktb[j], qi_blk, qs_blk, ksb[j], j * block_kv, scale)
       m_new = jnp.maximum(m, s.max(-1))
       p = jnp.exp(s - m_new[..., None]) * mask
       correction = jnp.exp(m - m_new)
       l = l * correction + p.sum(-1)
-      pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32)
+      pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vb.dtype), vb[j], preferred_element_type=jnp.float32)
       o = o * correction[..., None] + pv
       return o, m_new, l
 
@@ -99,51 +117,43 @@ def _forward(q, k, v, q_index, q_segment, kv_segment, scale, block_q, block_kv):
     return o, lse
 
   # lax.map runs query blocks sequentially so only one block's scores exist at a time.
-  o, lse = lax.map(one_query_block, (jnp.moveaxis(qb, 1, 0), jnp.moveaxis(qib, 1, 0), jnp.moveaxis(qsb, 1, 0)))
-  # o [nq, B, K, G, bq, D] -> [B, nq*bq, K*G, D]
-  o = jnp.transpose(o, (1, 0, 4, 2, 3, 5)).reshape(b, nq * block_q, h, d)[:, :t].astype(q.dtype)
-  lse = jnp.transpose(lse, (1, 2, 3, 0, 4)).reshape(b, kh, g, nq * block_q)
-  return o, lse
+  o, lse = lax.map(one_query_block, (qb, qib, qsb))
+  return _unsplit_q(o, b, t).astype(q.dtype), lse
 
 
 def _backward(q, k, v, q_index, q_segment, kv_segment, out, lse, d_out, scale, block_q, block_kv):
+  """FlashAttention-2 backward. dq loops over kv blocks per query block with scores [.., bq, bk]; dk/dv
+  loop over query blocks per kv block with the transposed scores [.., bk, (G, bq)], so that each
+  product contracts a minor dimension of one operand and a major one of the other."""
   b, t, h, d = q.shape
   s_len = k.shape[1]
   qb, kb, vb, qib, qsb, ksb = _split(q, k, v, q_index, q_segment, kv_segment, block_q, block_kv)
-  nq, nk = qb.shape[1], kb.shape[1]
-  kh, g = qb.shape[3], qb.shape[4]
-  dob = _pad_axis(d_out, block_q, 1, 0).reshape(b, nq, block_q, kh, g, d)
-  # delta_i = rowsum(do_i * o_i)  [B, K, G, Tpad]
-  delta = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32), out.astype(jnp.float32))
-  delta = _pad_axis(delta, block_q, 2, 0).reshape(b, kh, g, nq, block_q)
-  lse_b = lse.reshape(b, kh, g, nq, block_q)
-
-  def probs(q_blk, k_blk, qi_blk, qs_blk, ks_blk, kv_start, lse_blk):
-    s, mask = _block_scores(q_blk, k_blk, qi_blk, qs_blk, ks_blk, kv_start, scale)
-    return jnp.exp(s - lse_blk[..., None]) * mask
+  dob = _split_q(d_out, block_q, k.shape[2])
+  nq, nk = qb.shape[0], kb.shape[0]
+  ktb, vtb = jnp.swapaxes(kb, -1, -2), jnp.swapaxes(vb, -1, -2)  # [nk, B, K, D, bk]
+  qtb, dotb = (jnp.transpose(x, (0, 1, 2, 5, 3, 4)) for x in (qb, dob))  # [nq, B, K, D, G, bq]
+  # delta_i = rowsum(do_i * o_i), blocked as lse: [nq, B, K, G, bq]
+  delta = jnp.einsum("nbkgqd,nbkgqd->nbkgq", dob.astype(jnp.float32),
+                     _split_q(out, block_q, k.shape[2]).astype(jnp.float32))
 
   def dq_for_query_block(args):
     q_blk, qi_blk, qs_blk, do_blk, lse_blk, delta_blk = args
 
     def body(j, dq):
-      k_blk = lax.dynamic_index_in_dim(kb, j, 1, keepdims=False)
-      v_blk = lax.dynamic_index_in_dim(vb, j, 1, keepdims=False)
-      ks_blk = lax.dynamic_index_in_dim(ksb, j, 1, keepdims=False)
-      p = probs(q_blk, k_blk, qi_blk, qs_blk, ks_blk, j * block_kv, lse_blk)
-      dp = jnp.einsum("bqkgd,bskd->bkgqs", do_blk, v_blk, preferred_element_type=jnp.float32)
+      s, mask = _block_scores(q_blk, ktb[j], qi_blk, qs_blk, ksb[j], j * block_kv, scale)
+      p = jnp.exp(s - lse_blk[..., None]) * mask
+      dp = jnp.einsum("bkgqd,bkds->bkgqs", do_blk, vtb[j], preferred_element_type=jnp.float32)
       ds = p * (dp - delta_blk[..., None])
-      return dq + jnp.einsum("bkgqs,bskd->bqkgd", ds.astype(k_blk.dtype), k_blk,
+      return dq + jnp.einsum("bkgqs,bksd->bkgqd", ds.astype(kb.dtype), kb[j],
                              preferred_element_type=jnp.float32) * scale
 
-    dq = jnp.zeros((b, block_q, kh, g, d), jnp.float32)
+    dq = jnp.zeros(q_blk.shape, jnp.float32)
     return lax.fori_loop(0, _num_kv_blocks(qi_blk, block_kv, nk), body, dq)
 
-  dq = lax.map(dq_for_query_block, (jnp.moveaxis(qb, 1, 0), jnp.moveaxis(qib, 1, 0), jnp.moveaxis(qsb, 1, 0),
-                                    jnp.moveaxis(dob, 1, 0), jnp.moveaxis(lse_b, 3, 0),
-                                    jnp.moveaxis(delta, 3, 0)))
-  dq = jnp.moveaxis(dq, 0, 1).reshape(b, nq * block_q, h, d)[:, :t]
+  dq = lax.map(dq_for_query_block, (qb, qib, qsb, dob, lse, delta))
+  dq = _unsplit_q(dq, b, t)
 
-  q_block_max = jnp.max(qib, axis=(0, 2))  # [nq]: skip query blocks that cannot see this kv block
+  q_block_max = jnp.max(qib, axis=(1, 2))  # [nq]: skip query blocks that cannot see this kv block
 
   def dkv_for_kv_block(args):
     j, k_blk, v_blk, ks_blk = args
@@ -151,30 +161,28 @@ def _backward(q, k, v, q_index, q_segment, kv_segment, out, lse, d_out, scale, b
     def body(i, acc):
       def accumulate(acc):
         dk, dv = acc
-        q_blk = lax.dynamic_index_in_dim(qb, i, 1, keepdims=False)
-        qi_blk = lax.dynamic_index_in_dim(qib, i, 1, keepdims=False)
-        qs_blk = lax.dynamic_index_in_dim(qsb, i, 1, keepdims=False)
-        do_blk = lax.dynamic_index_in_dim(dob, i, 1, keepdims=False)
-        lse_blk = lax.dynamic_index_in_dim(lse_b, i, 3, keepdims=False)
-        delta_blk = lax.dynamic_index_in_dim(delta, i, 3, keepdims=False)
-        p = probs(q_blk, k_blk, qi_blk, qs_blk, ks_blk, j * block_kv, lse_blk)
-        dv = dv + jnp.einsum("bkgqs,bqkgd->bskd", p.astype(do_blk.dtype), do_blk,
+        # Transposed scores [B, K, bk, G, bq] of this (kv block, query block) pair.
+        s_t = jnp.einsum("bksd,bkdgq->bksgq", k_blk, qtb[i], preferred_element_type=jnp.float32) * scale
+        mask_t = jnp.swapaxes(_block_mask(qib[i], qsb[i], ks_blk, j * block_kv, block_kv), 1, 2)
+        mask_t = mask_t[:, None, :, None, :]
+        p_t = jnp.exp(jnp.where(mask_t, s_t, _NEG) - lse[i][:, :, None]) * mask_t
+        dv = dv + jnp.einsum("bksgq,bkgqd->bksd", p_t.astype(dob.dtype), dob[i],
                              preferred_element_type=jnp.float32)
-        dp = jnp.einsum("bqkgd,bskd->bkgqs", do_blk, v_blk, preferred_element_type=jnp.float32)
-        ds = p * (dp - delta_blk[..., None])
-        dk = dk + jnp.einsum("bkgqs,bqkgd->bskd", ds.astype(q_blk.dtype), q_blk,
+        dp_t = jnp.einsum("bksd,bkdgq->bksgq", v_blk, dotb[i], preferred_element_type=jnp.float32)
+        ds_t = p_t * (dp_t - delta[i][:, :, None])
+        dk = dk + jnp.einsum("bksgq,bkgqd->bksd", ds_t.astype(qb.dtype), qb[i],
                              preferred_element_type=jnp.float32) * scale
         return dk, dv
 
       return lax.cond(q_block_max[i] >= j * block_kv, accumulate, lambda acc: acc, acc)
 
-    zeros = jnp.zeros((b, block_kv, kh, d), jnp.float32)
+    zeros = jnp.zeros(k_blk.shape, jnp.float32)
     return lax.fori_loop(0, nq, body, (zeros, zeros))
 
-  dk, dv = lax.map(dkv_for_kv_block, (jnp.arange(nk), jnp.moveaxis(kb, 1, 0), jnp.moveaxis(vb, 1, 0),
-                                      jnp.moveaxis(ksb, 1, 0)))
-  dk = jnp.moveaxis(dk, 0, 1).reshape(b, nk * block_kv, kh, d)[:, :s_len]
-  dv = jnp.moveaxis(dv, 0, 1).reshape(b, nk * block_kv, kh, d)[:, :s_len]
+  dk, dv = lax.map(dkv_for_kv_block, (jnp.arange(nk), kb, vb, ksb))
+  # [nk, B, K, bk, D] -> [B, S, K, D]
+  dk, dv = (jnp.transpose(x, (1, 0, 3, 2, 4)).reshape(b, nk * block_kv, x.shape[2], d)[:, :s_len]
+            for x in (dk, dv))
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
