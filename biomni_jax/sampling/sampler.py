@@ -17,7 +17,13 @@ _NEG = -1e30
 
 
 def seed_key_data(seed: int) -> np.ndarray:
-  """Raw key data (uint32 [2], threefry) for a seed: what the jitted steps take per row."""
+  """Raw key data (uint32 [2], threefry) for a seed: what the jitted steps take per row.
+
+  Without 64-bit mode jax.random.key(seed) is [0, seed mod 2^32]; computed on the host, because the engine
+  thread calls this for every request and a device dispatch per request competes with the rollout pool
+  for the interpreter."""
+  if not jax.config.jax_enable_x64:
+    return np.array([0, int(seed) & 0xFFFFFFFF], np.uint32)
   return np.asarray(jax.random.key_data(jax.random.key(int(seed), impl="threefry2x32")), np.uint32)
 
 

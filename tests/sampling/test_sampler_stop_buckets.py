@@ -1,4 +1,5 @@
 """Sampler math against numpy, stop strings across token boundaries, prefill chunking."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -28,6 +29,12 @@ def test_truncation_mask_matches_numpy(top_p, top_k):
   mask = np.asarray(truncation_mask(jnp.asarray(scaled), jnp.full((4,), top_p), jnp.full((4,), top_k)))
   for row in range(4):
     np.testing.assert_array_equal(mask[row], _np_keep(scaled[row], top_p, top_k))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40 + 5, 2**63 - 1, -1, -5, -2**63])
+def test_host_key_data_equals_jax_random_key(seed):
+  expected = np.asarray(jax.random.key_data(jax.random.key(seed, impl="threefry2x32")), np.uint32)
+  np.testing.assert_array_equal(seed_key_data(seed), expected)
 
 
 def test_sampled_logprobs_and_empirical_frequencies():
