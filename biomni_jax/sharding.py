@@ -84,6 +84,12 @@ class ShardingRules:
     return math.prod(self.mesh.shape[a] for a in mesh_axes)
 
 
+def platform_of(sharding: ShardingRules | None) -> str:
+  """'cpu', 'tpu', ...: the mesh's devices (which may be an ahead-of-time TPU topology on a CPU host), or the
+  default devices without a mesh."""
+  return (sharding.mesh.devices.flat[0] if sharding is not None else jax.devices()[0]).platform
+
+
 def logical_to_spec(logical_axes: Sequence[str | None], rules, mesh: Mesh | None = None) -> P:
   """Maps logical names to a PartitionSpec; a mesh axis is used at most once (later uses replicate)."""
   table = dict(rules)

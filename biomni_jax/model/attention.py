@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from biomni_jax.model.blockwise_attention import blockwise_attention, reference_attention
-from biomni_jax.sharding import ShardingRules
+from biomni_jax.sharding import ShardingRules, platform_of
 
 KERNELS: dict[str, Callable] = {
     "reference": reference_attention,
@@ -55,7 +55,7 @@ def attend(q, k, v, *, q_index, q_segment, kv_segment, scale: float, impl: str =
            kv_is_sequence_sharded: bool = True):
   """Attention on the mesh. `kv_is_sequence_sharded`: K/V follow the queries' `length` axis (training,
   prefill without cache); False for a KV cache whose length axis is not sharded."""
-  platform = (sharding.mesh.devices.flat[0].platform if sharding is not None else jax.devices()[0].platform)
+  platform = platform_of(sharding)
   seq_shards = sharding.axis_size("length") if sharding is not None else 1
   full_sequence = kv_is_sequence_sharded and seq_shards == 1 and q.shape[1] == k.shape[1]
   name = choose_kernel(impl, platform=platform, full_sequence=full_sequence, seq_len=q.shape[1],
