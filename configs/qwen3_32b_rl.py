@@ -7,7 +7,8 @@ seq-mean-token-mean; sampling temperature 0.6, top_p 0.95; at most 48 turns, 49,
 engine call and 4,096 new tokens per turn; 53,248 positions (YaRN factor 2 over 32,768 allows 65,536); 2 epochs.
 Trajectories over 32,768 tokens that fail the format check are dropped from the loss.
 Layout of the train step: v5p-128 (64 chips), 16-way FSDP x 4-way context parallelism; each mini-batch of
-64 trajectories is packed into rows of 53,248 tokens and run as 2 micro-batches.
+64 trajectories is packed into rows of 53,248 tokens and run as 4 micro-batches, one row per FSDP group
+each (77.9 of 95 GiB per chip ahead of time; 2 micro-batches of 2 rows per group peak at 113.6 GiB).
 
   python -m biomni_jax.main --config=configs/qwen3_32b_rl.py --workdir=gs://.../rl32b \
       --config.rl.init_from_sft=gs://.../sft32b
@@ -22,9 +23,9 @@ def get_config():
   rl = c.rl
   rl.init_from_sft = ""  # the SFT run's workdir (configs/qwen3_32b_sft.py)
   rl.num_groups = 64
-  rl.micro_batches = 2
+  rl.micro_batches = 4
   rl.seq_len = 53_248
-  rl.rows_multiple_of = 32  # 16 FSDP groups x 2 micro-batches
+  rl.rows_multiple_of = 64  # 16 FSDP groups x 4 micro-batches
   rl.rollout.max_turns = 48
   rl.rollout.max_context_tokens = 49_152
   rl.rollout.max_concurrent_episodes = 512
