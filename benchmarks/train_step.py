@@ -84,7 +84,6 @@ def main():
     from biomni_jax.config_utils import load_config_file, model_config
     file_config = load_config_file(args.config)
     config = model_config(file_config, vocab_size=file_config.tokenizer.vocab_size)
-    args.preset = args.config
   else:
     config = M.get_preset(args.preset, remat_policy=args.remat, attention_block_q=256, attention_block_kv=256,
                           logits_chunk=512)
@@ -99,7 +98,7 @@ def main():
     hf_io.save_hf_checkpoint(config, params, tmp)
     torch_s = torch_step_seconds(tmp, tokens, args.steps)
 
-  print(f"model {args.preset}: {config.num_params() / 1e6:.1f}M params; step = {args.batch} x {args.seq} tokens, "
+  print(f"model {args.config or args.preset}: {config.num_params() / 1e6:.1f}M params; step = {args.batch} x {args.seq} tokens, "
         f"forward + backward, float32, {os.cpu_count()} CPU cores")
   print(f"matmul peak (JAX, 2048^3 float32): {peak / 1e9:.1f} GFLOP/s")
   for name, s in (("biomni_jax (JAX)", jax_s), ("transformers (PyTorch)", torch_s)):
