@@ -1,4 +1,5 @@
 """biomni_jax: train biomedical research agents (Biomni-R0 recipe) in JAX."""
+
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
@@ -28,6 +29,8 @@ EXTRAS = {
         "torch==2.13.0",
         "pytest==9.2.0",
         "pytest-timeout==2.4.0",
+        "hypothesis==6.170.27",
+        "pyink==26.5.1",
     ],
     "tpu": ["jax[tpu]==0.10.2"],
 }

@@ -6,6 +6,7 @@ ratio per doubling (2.0 = linear, 4.0 = quadratic). `--run` also executes the lo
 
   python benchmarks/long_context_memory.py --lengths 8192,16384,32768,65536 --run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,14 @@ def peak_bytes(compiled) -> int:
 
 
 def long_context_config(dense: bool = False):
-  return M.get_preset("tiny", attention_block_q=512, attention_block_kv=512, logits_chunk=1024,
-                      max_position_embeddings=131_072, attention_impl="reference" if dense else "blockwise")
+  return M.get_preset(
+      "tiny",
+      attention_block_q=512,
+      attention_block_kv=512,
+      logits_chunk=1024,
+      max_position_embeddings=131_072,
+      attention_impl="reference" if dense else "blockwise",
+  )
 
 
 def main():
@@ -67,8 +74,10 @@ def main():
     loss, grads = step(params, tokens)
     jax.block_until_ready(grads)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-    print(f"ran forward+backward on {length} tokens: loss {float(loss):.4f}, {time.perf_counter() - start:.1f} s, "
-          f"process max RSS {rss:.0f} MiB")
+    print(
+        f"ran forward+backward on {length} tokens: loss {float(loss):.4f}, {time.perf_counter() - start:.1f} s, "
+        f"process max RSS {rss:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

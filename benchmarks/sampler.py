@@ -9,6 +9,7 @@
 2. 8 sessions x 6 turns with 200-token observations: session reuse (each turn prefills only the new
    tokens) against re-prefilling the whole history every turn (fresh session per turn).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,15 +43,27 @@ def hf_time(model, prompts, new_tokens):
   ids = torch.tensor(prompts)
   t = time.perf_counter()
   with torch.no_grad():
-    model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
-                   min_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0)
+    model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
   return time.perf_counter() - t
 
 
 def decode_throughput(config, params, hf_model, batch, prompt_len, new_tokens):
   prompts = _prompts(batch, prompt_len, config.vocab_size)
-  with Engine(config, params, num_slots=batch, max_len=prompt_len + new_tokens + 8,
-              max_prefill_chunk=prompt_len) as engine:
+  with Engine(
+      config,
+      params,
+      num_slots=batch,
+      max_len=prompt_len + new_tokens + 8,
+      max_prefill_chunk=prompt_len,
+  ) as engine:
     engine_time(engine, prompts, 2)  # compile prefill + decode
     ours = engine_time(engine, prompts, new_tokens) - engine_time(engine, prompts, 1)
   hf_time(hf_model, prompts, 2)
@@ -61,11 +74,17 @@ def decode_throughput(config, params, hf_model, batch, prompt_len, new_tokens):
 
 def sessions_benchmark(config, params, sessions=8, turns=6, prompt_len=200, obs_len=200, reply=32):
   rng = np.random.default_rng(1)
-  inputs = [[rng.integers(0, config.vocab_size, prompt_len if t == 0 else obs_len).tolist() for t in range(turns)]
-            for _ in range(sessions)]
+  inputs = [
+      [
+          rng.integers(0, config.vocab_size, prompt_len if t == 0 else obs_len).tolist()
+          for t in range(turns)
+      ]
+      for _ in range(sessions)
+  ]
   sp = SamplingParams(temperature=0, max_new_tokens=reply)
   max_len = prompt_len + (turns - 1) * obs_len + turns * reply + 8
   with Engine(config, params, num_slots=sessions, max_len=max_len, max_prefill_chunk=256) as engine:
+
     def run(reuse):
       handles = [engine.open_session() for _ in range(sessions)]
       histories = [[] for _ in range(sessions)]
@@ -106,17 +125,26 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     hf_io.save_hf_checkpoint(config, params, tmp)
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-  print(f"{args.preset}: {M.num_params(params) / 1e6:.1f}M params, jax {jax.__version__} on "
-        f"{jax.devices()[0].platform}, torch {torch.__version__} threads {torch.get_num_threads()}")
+  print(
+      f"{args.preset}: {M.num_params(params) / 1e6:.1f}M params, jax {jax.__version__} on "
+      f"{jax.devices()[0].platform}, torch {torch.__version__} threads {torch.get_num_threads()}"
+  )
   print(f"decode throughput, greedy, prompt {args.prompt_len}, {args.new_tokens} new tokens")
   for batch in [int(b) for b in args.batches.split(",")]:
-    ours, theirs = decode_throughput(config, params, hf_model, batch, args.prompt_len, args.new_tokens)
-    print(f"  batch {batch:3d}: engine {ours:8.1f} tok/s   transformers {theirs:8.1f} tok/s   "
-          f"ratio {ours / theirs:5.2f}x", flush=True)
+    ours, theirs = decode_throughput(
+        config, params, hf_model, batch, args.prompt_len, args.new_tokens
+    )
+    print(
+        f"  batch {batch:3d}: engine {ours:8.1f} tok/s   transformers {theirs:8.1f} tok/s   "
+        f"ratio {ours / theirs:5.2f}x",
+        flush=True,
+    )
   print("8 sessions x 6 turns, 200-token observations, 32-token replies")
   reuse, fresh, same = sessions_benchmark(config, params)
-  print(f"  session reuse {reuse:6.2f} s   re-prefill every turn {fresh:6.2f} s   ratio {fresh / reuse:5.2f}x"
-        f"   same tokens: {same}")
+  print(
+      f"  session reuse {reuse:6.2f} s   re-prefill every turn {fresh:6.2f} s   ratio {fresh / reuse:5.2f}x"
+      f"   same tokens: {same}"
+  )
 
 
 if __name__ == "__main__":

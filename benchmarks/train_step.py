@@ -8,6 +8,7 @@ step (same weights, same batch, float32, all threads).
 Prints tokens/s, achieved FLOP/s (6 * matmul params * tokens + causal attention, per model.flops_per_token),
 the fraction of the matmul peak, and the JAX / PyTorch speed ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,13 +32,14 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
   for _ in range(reps):
     out = f(a)
   out.block_until_ready()
-  return 2 * n ** 3 * reps / (time.perf_counter() - start)
+  return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
 def jax_step_seconds(config, params, tokens, steps: int) -> float:
   def loss(p, t):
     logp = M.token_logprobs(config, p, t[:, :-1], t[:, 1:])
     return -jnp.mean(logp)
+
   step = jax.jit(jax.value_and_grad(loss))
   jax.block_until_ready(step(params, tokens))
   start = time.perf_counter()
@@ -50,15 +52,20 @@ def jax_step_seconds(config, params, tokens, steps: int) -> float:
 def torch_step_seconds(path: str, tokens: np.ndarray, steps: int) -> float:
   import torch
   import transformers
+
   torch.set_num_threads(os.cpu_count())
-  model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      path, dtype=torch.float32, attn_implementation="sdpa"
+  )
   model.train()
   t = torch.as_tensor(tokens, dtype=torch.long)
 
   def step():
     model.zero_grad(set_to_none=True)
     logits = model(t[:, :-1]).logits
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), t[:, 1:].reshape(-1))
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), t[:, 1:].reshape(-1)
+    )
     loss.backward()
     return loss
 
@@ -76,19 +83,33 @@ def main():
   parser.add_argument("--seq", type=int, default=512)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--remat", default="none")
-  parser.add_argument("--config", default="", help="take the model from this config file's `model` section "
-                      "(vocabulary: its tokenizer.vocab_size) instead of --preset, e.g. configs/demo.py")
+  parser.add_argument(
+      "--config",
+      default="",
+      help="take the model from this config file's `model` section "
+      "(vocabulary: its tokenizer.vocab_size) instead of --preset, e.g. configs/demo.py",
+  )
   args = parser.parse_args()
 
   if args.config:
     from biomni_jax.config_utils import load_config_file, model_config
+
     file_config = load_config_file(args.config)
     config = model_config(file_config, vocab_size=file_config.tokenizer.vocab_size)
   else:
-    config = M.get_preset(args.preset, remat_policy=args.remat, attention_block_q=256, attention_block_kv=256,
-                          logits_chunk=512)
+    config = M.get_preset(
+        args.preset,
+        remat_policy=args.remat,
+        attention_block_q=256,
+        attention_block_kv=256,
+        logits_chunk=512,
+    )
   params = M.init_params(config, jax.random.key(0))
-  tokens = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq + 1)).astype(np.int32)
+  tokens = (
+      np.random.default_rng(0)
+      .integers(0, config.vocab_size, (args.batch, args.seq + 1))
+      .astype(np.int32)
+  )
   n_tokens = args.batch * args.seq
   flops = 3 * config.flops_per_token(args.seq) * n_tokens  # forward + backward = 3x forward
 
@@ -98,12 +119,16 @@ def main():
     hf_io.save_hf_checkpoint(config, params, tmp)
     torch_s = torch_step_seconds(tmp, tokens, args.steps)
 
-  print(f"model {args.config or args.preset}: {config.num_params() / 1e6:.1f}M params; step = {args.batch} x {args.seq} tokens, "
-        f"forward + backward, float32, {os.cpu_count()} CPU cores")
+  print(
+      f"model {args.config or args.preset}: {config.num_params() / 1e6:.1f}M params; step = {args.batch} x {args.seq} tokens, "
+      f"forward + backward, float32, {os.cpu_count()} CPU cores"
+  )
   print(f"matmul peak (JAX, 2048^3 float32): {peak / 1e9:.1f} GFLOP/s")
   for name, s in (("biomni_jax (JAX)", jax_s), ("transformers (PyTorch)", torch_s)):
-    print(f"{name:>24}: {s * 1e3:8.0f} ms/step  {n_tokens / s:8.0f} tokens/s  {flops / s / 1e9:6.1f} GFLOP/s  "
-          f"= {flops / s / peak:.2f} of matmul peak")
+    print(
+        f"{name:>24}: {s * 1e3:8.0f} ms/step  {n_tokens / s:8.0f} tokens/s  {flops / s / 1e9:6.1f} GFLOP/s  "
+        f"= {flops / s / peak:.2f} of matmul peak"
+    )
   print(f"ratio JAX / PyTorch throughput: {torch_s / jax_s:.2f}x")
 
 

@@ -4,6 +4,7 @@ Configs are Python files whose `get_config()` returns a ConfigDict (see configs/
 with `field(config, "sft.batch_size", int, minimum=1)` so that a missing or malformed value fails before any
 work starts, with a message naming the dotted field, what was expected and what was found.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional
@@ -17,8 +18,15 @@ class ConfigError(ValueError):
   """A config field is missing or has a bad value; the message names the dotted field."""
 
 
-def field(config: Any, dotted: str, kind: type | tuple[type, ...] | None = None, *, default: Any = _MISSING,
-          minimum: Optional[float] = None, choices: Optional[tuple] = None) -> Any:
+def field(
+    config: Any,
+    dotted: str,
+    kind: type | tuple[type, ...] | None = None,
+    *,
+    default: Any = _MISSING,
+    minimum: Optional[float] = None,
+    choices: Optional[tuple] = None,
+) -> Any:
   """The value of `config.<dotted>` checked against `kind`, `minimum` and `choices`.
 
   `default` is returned when the field (or a parent) is absent; without a default, absence is an error.
@@ -40,7 +48,9 @@ def field(config: Any, dotted: str, kind: type | tuple[type, ...] | None = None,
     numeric = any(k in (int, float) for k in kinds)
     if not isinstance(node, kinds) or (numeric and isinstance(node, bool) and bool not in kinds):
       names = " or ".join(k.__name__ for k in kinds)
-      raise ConfigError(f"config field {dotted!r}: expected {names}, found {node!r} ({type(node).__name__})")
+      raise ConfigError(
+          f"config field {dotted!r}: expected {names}, found {node!r} ({type(node).__name__})"
+      )
   if minimum is not None and node < minimum:
     raise ConfigError(f"config field {dotted!r}: expected >= {minimum}, found {node!r}")
   if choices is not None and node not in choices:
@@ -69,8 +79,10 @@ def model_config(config: Any, vocab_size: Optional[int] = None) -> ModelConfig:
 
 def mesh_shape(config: Any) -> dict[str, int]:
   """{data, fsdp, tensor, sequence} sizes of `config.mesh` (absent axes are 1; one may be -1)."""
-  return {axis: field(config, f"mesh.{axis}", int, default=1) for axis in ("data", "fsdp", "tensor", "sequence")}
-
+  return {
+      axis: field(config, f"mesh.{axis}", int, default=1)
+      for axis in ("data", "fsdp", "tensor", "sequence")
+  }
 
 
 def load_config_file(path, overrides: Mapping[str, Any] | None = None):
@@ -78,8 +90,11 @@ def load_config_file(path, overrides: Mapping[str, Any] | None = None):
   e.g. {"sft.num_epochs": 2, "model.overrides.hidden_size": 32}."""
   import importlib.util
   import os
+
   path = os.fspath(path)
-  spec = importlib.util.spec_from_file_location(f"config_{os.path.splitext(os.path.basename(path))[0]}", path)
+  spec = importlib.util.spec_from_file_location(
+      f"config_{os.path.splitext(os.path.basename(path))[0]}", path
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
@@ -96,4 +111,5 @@ def sibling_config(config_file: str, name: str):
   """`get_config()` of the config file `name` next to `config_file`: lets a config state only what differs
   from a base recipe (configs/qwen3_32b_*.py derive from configs/qwen3_8b_*.py)."""
   import os
+
   return load_config_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), name))

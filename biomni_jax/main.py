@@ -8,6 +8,7 @@ SFT, RL and evaluation, resumable by stage). "eval" is named but not implemented
 loaded, an unknown override, a bad field value or a missing input path ends the process with a one-line
 error on stderr and exit status 2; other failures keep their traceback (status 1).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,12 +22,16 @@ from biomni_jax.config_utils import ConfigError, field
 MODES = ("sft", "rl", "eval", "pipeline")
 USAGE_ERROR = 2
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/*.py).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Multi-host run: call jax.distributed.initialize() first (on a TPU pod every host runs "
-    "the same command and the coordinator is found automatically).")
+    "distributed",
+    False,
+    "Multi-host run: call jax.distributed.initialize() first (on a TPU pod every host runs "
+    "the same command and the coordinator is found automatically).",
+)
 
 
 def run(config, workdir: str) -> dict:
@@ -34,19 +39,24 @@ def run(config, workdir: str) -> dict:
   mode = field(config, "mode", str, choices=MODES)
   if mode == "sft":
     from biomni_jax.train.sft import train_sft
+
     return train_sft(config, workdir)
   if mode == "rl":
     return _run_rl(config, workdir)
   if mode == "pipeline":
     from biomni_jax.pipeline import run_pipeline
+
     return run_pipeline(config, workdir)
-  raise NotImplementedError(f"config field 'mode': {mode!r} is not implemented yet (implemented: 'sft', 'rl', "
-                            f"'pipeline'; for evaluation run python -m biomni_jax.eval)")
+  raise NotImplementedError(
+      f"config field 'mode': {mode!r} is not implemented yet (implemented: 'sft', 'rl', "
+      f"'pipeline'; for evaluation run python -m biomni_jax.eval)"
+  )
 
 
 def _run_rl(config, workdir: str) -> dict:
   """mode=rl (train/rl.py): the summary without the device state, with the last rollout batch's reward."""
   from biomni_jax.train.rl import train_rl
+
   summary = train_rl(config, workdir)
   rewards, success = summary.pop("rewards"), summary.pop("success")
   summary["last_reward"] = next(reversed(rewards.values()), None) if rewards else None
@@ -73,6 +83,7 @@ def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   if _DISTRIBUTED.value:
     import jax
+
     jax.distributed.initialize()
   try:
     config = _CONFIG.value  # a config file that failed to load raises OSError here
@@ -91,7 +102,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   --config.key) reported in one line instead of a traceback."""
   try:
     return flags.FLAGS(argv)
-  except Exception as e:  # config_flags raises assorted types (AttributeError, KeyError, TypeError, ...)
+  except (
+      Exception
+  ) as e:  # config_flags raises assorted types (AttributeError, KeyError, TypeError, ...)
     text = str(e).strip().strip('"')
     print(f"error: bad command line or config file: {type(e).__name__}: {text}", file=sys.stderr)
     sys.exit(USAGE_ERROR)

@@ -26,6 +26,7 @@ each, sampled with the RL rollout settings (temperature, limits) and the same se
 score = the family's official grade. Config sections: everything configs/demo.py has for SFT, plus `rl`
 (configs/demo_rl.py's), `rl_optimizer`, and `pipeline` (teacher, eval, sft_overrides).
 """
+
 from __future__ import annotations
 
 import json
@@ -61,6 +62,7 @@ def _plain(config) -> ml_collections.ConfigDict:
 
 # --------------------------------------------------------------------------------------------- stage configs
 
+
 def _trainer_config(config) -> ml_collections.ConfigDict:
   """The pipeline config as a mode=sft config (train/sft.py): without its rl and pipeline sections."""
   c = _plain(config)
@@ -77,15 +79,21 @@ def sft_config(config, workdir: str) -> ml_collections.ConfigDict:
   c = _trainer_config(config)
   for key, value in dict(field(config, "pipeline.sft_overrides", default={}) or {}).items():
     if key not in c.sft:
-      raise ConfigError(f"config field 'pipeline.sft_overrides.{key}': not a field of section 'sft'")
+      raise ConfigError(
+          f"config field 'pipeline.sft_overrides.{key}': not a field of section 'sft'"
+      )
     c.sft[key] = value
   c.data.train_path = os.path.join(workdir, "data", "sft_train.jsonl")
   c.data.eval_path = os.path.join(workdir, "data", "sft_val.jsonl")
-  if pretrain_steps(config):  # start from the pretrained base: its weights, tokenizer and vocabulary size
+  if pretrain_steps(
+      config
+  ):  # start from the pretrained base: its weights, tokenizer and vocabulary size
     base = os.path.join(workdir, BASE_DIR)
     if not os.path.isfile(os.path.join(base, "config.json")):
-      raise RuntimeError(f"sft: the pretrained base {base!r} is missing; the pretrain stage writes it (delete "
-                         f"{marker_path(workdir, 'pretrain')} to run that stage again)")
+      raise RuntimeError(
+          f"sft: the pretrained base {base!r} is missing; the pretrain stage writes it (delete "
+          f"{marker_path(workdir, 'pretrain')} to run that stage again)"
+      )
     with open(os.path.join(base, "config.json")) as f:
       vocab_size = int(json.load(f)["vocab_size"])
     c.model.init_from = c.tokenizer.path = base
@@ -132,18 +140,27 @@ def rl_config(config, workdir: str) -> ml_collections.ConfigDict:
 def eval_settings(config):
   """harness.ModelEvalSettings from the RL rollout/engine settings and pipeline.eval."""
   from biomni_jax.eval.harness import ModelEvalSettings
+
   r, e = field(config, "rl.rollout"), field(config, "rl.engine")
   return ModelEvalSettings(
-      temperature=float(field(config, "rl.temperature", (int, float))), top_p=float(r.top_p),
-      max_turns=int(r.max_turns), max_context_tokens=int(r.max_context_tokens),
-      max_new_tokens_per_turn=int(r.max_new_tokens_per_turn), use_system_prompt=bool(r.use_system_prompt),
-      tool_timeout_s=float(r.tool_timeout_s), max_concurrent_episodes=int(r.max_concurrent_episodes),
-      num_slots=int(e.num_slots), max_len=int(e.max_len), max_prefill_chunk=int(e.max_prefill_chunk),
+      temperature=float(field(config, "rl.temperature", (int, float))),
+      top_p=float(r.top_p),
+      max_turns=int(r.max_turns),
+      max_context_tokens=int(r.max_context_tokens),
+      max_new_tokens_per_turn=int(r.max_new_tokens_per_turn),
+      use_system_prompt=bool(r.use_system_prompt),
+      tool_timeout_s=float(r.tool_timeout_s),
+      max_concurrent_episodes=int(r.max_concurrent_episodes),
+      num_slots=int(e.num_slots),
+      max_len=int(e.max_len),
+      max_prefill_chunk=int(e.max_prefill_chunk),
       sandbox_workers=field(config, "rl.sandbox_workers", int, default=2),
-      seed=field(config, "pipeline.eval.seed", int, default=1000))
+      seed=field(config, "pipeline.eval.seed", int, default=1000),
+  )
 
 
 # --------------------------------------------------------------------------------------------- stages
+
 
 def stage_teacher_data(config, workdir: str) -> dict:
   """Rejection sampling on train and val; the SFT files keep or drop the system prompt (pipeline.teacher)."""
@@ -154,28 +171,50 @@ def stage_teacher_data(config, workdir: str) -> dict:
   t = field(config, "pipeline.teacher")
   families = list(field(config, "pipeline.teacher.families"))
   data_dir = os.path.join(workdir, "data")
-  factory = make_teacher_factory(field(config, "pipeline.teacher.kind", str, default="scripted"),
-                                 **dict(field(config, "pipeline.teacher.options", default={}) or {}))
+  factory = make_teacher_factory(
+      field(config, "pipeline.teacher.kind", str, default="scripted"),
+      **dict(field(config, "pipeline.teacher.options", default={}) or {}),
+  )
   keep_system = field(config, "pipeline.teacher.system_prompt", bool, default=False)
   out = {}
-  with answer_hiding_pool(field(config, "pipeline.teacher.workers", int, minimum=1, default=2),
-                          out_path=os.path.join(data_dir, "x")) as pool:
+  with answer_hiding_pool(
+      field(config, "pipeline.teacher.workers", int, minimum=1, default=2),
+      out_path=os.path.join(data_dir, "x"),
+  ) as pool:
     for split, count in (("train", int(t.train_per_family)), ("val", int(t.val_per_family))):
       raw = os.path.join(data_dir, f"teacher_{split}.jsonl")
-      progress(f"teacher_data: {split}: best of {t.n_samples} teacher rollouts x {count} tasks x {len(families)} "
-               f"families")
-      summary = generate_sft_data(families, split, count, int(t.n_samples), factory, raw, pool,
-                                  max_turns=int(t.max_turns), min_reward=float(t.min_reward), progress=True)
+      progress(
+          f"teacher_data: {split}: best of {t.n_samples} teacher rollouts x {count} tasks x {len(families)} "
+          f"families"
+      )
+      summary = generate_sft_data(
+          families,
+          split,
+          count,
+          int(t.n_samples),
+          factory,
+          raw,
+          pool,
+          max_turns=int(t.max_turns),
+          min_reward=float(t.min_reward),
+          progress=True,
+      )
       kept = read_jsonl(raw)
       if not keep_system:
         for trajectory in kept:
           trajectory.messages = [m for m in trajectory.messages if m["role"] != "system"]
       write_jsonl(os.path.join(data_dir, f"sft_{split}.jsonl"), kept)
-      out[split] = {"tasks": summary.tasks, "kept": summary.kept, "kept_fraction": summary.kept_fraction,
-                    "mean_candidate_reward": summary.mean_candidate_reward}
+      out[split] = {
+          "tasks": summary.tasks,
+          "kept": summary.kept,
+          "kept_fraction": summary.kept_fraction,
+          "mean_candidate_reward": summary.mean_candidate_reward,
+      }
   if not out["train"]["kept"]:
-    raise RuntimeError(f"teacher_data: no training trajectory kept (min_reward {t.min_reward}); see "
-                       f"{data_dir}/teacher_train.jsonl.tasks.jsonl")
+    raise RuntimeError(
+        f"teacher_data: no training trajectory kept (min_reward {t.min_reward}); see "
+        f"{data_dir}/teacher_train.jsonl.tasks.jsonl"
+    )
   return out
 
 
@@ -190,43 +229,71 @@ def stage_pretrain(config, workdir: str) -> dict:
   from biomni_jax.train.sft import TOKENIZER_DIR, tokenizer_corpus, train_sft
 
   data_dir, run_dir = os.path.join(workdir, "data"), os.path.join(workdir, "pretrain")
-  trajectories = {split: read_jsonl(os.path.join(data_dir, f"sft_{split}.jsonl")) for split in ("train", "val")}
-  counts = {split: write_documents(os.path.join(data_dir, f"pretrain_{split}.jsonl"), environment_documents(ts))
-            for split, ts in trajectories.items()}
+  trajectories = {
+      split: read_jsonl(os.path.join(data_dir, f"sft_{split}.jsonl")) for split in ("train", "val")
+  }
+  counts = {
+      split: write_documents(
+          os.path.join(data_dir, f"pretrain_{split}.jsonl"), environment_documents(ts)
+      )
+      for split, ts in trajectories.items()
+  }
   tokenizer_dir = os.path.join(run_dir, TOKENIZER_DIR)
-  if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")) and not field(config, "tokenizer.path", str,
-                                                                                      default=""):
+  if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")) and not field(
+      config, "tokenizer.path", str, default=""
+  ):
     # The vocabulary covers the protocol's text too (the tokenizer is not the model's knowledge).
-    train_embedded_tokenizer(tokenizer_corpus(trajectories["train"]),
-                             field(config, "tokenizer.vocab_size", int, minimum=512), tokenizer_dir)
-  progress(f"pretrain: {counts['train']} documents (task prompts and tool outputs, no assistant turns), "
-           f"{pretrain_steps(config)} steps")
+    train_embedded_tokenizer(
+        tokenizer_corpus(trajectories["train"]),
+        field(config, "tokenizer.vocab_size", int, minimum=512),
+        tokenizer_dir,
+    )
+  progress(
+      f"pretrain: {counts['train']} documents (task prompts and tool outputs, no assistant turns), "
+      f"{pretrain_steps(config)} steps"
+  )
   summary = train_sft(pretrain_config(config, workdir), run_dir)
   export_run(run_dir, os.path.join(workdir, BASE_DIR), overwrite=True)
   losses = summary["losses"]
-  return {"steps": summary["final_step"], "last_loss": losses[max(losses)] if losses else None,
-          "eval_loss": summary.get("eval_loss"), "documents": counts, "base": os.path.join(workdir, BASE_DIR)}
+  return {
+      "steps": summary["final_step"],
+      "last_loss": losses[max(losses)] if losses else None,
+      "eval_loss": summary.get("eval_loss"),
+      "documents": counts,
+      "base": os.path.join(workdir, BASE_DIR),
+  }
 
 
 def stage_sft(config, workdir: str) -> dict:
   from biomni_jax.train.sft import train_sft
+
   summary = train_sft(sft_config(config, workdir), os.path.join(workdir, "sft"))
   losses = summary["losses"]
-  return {"steps": summary["final_step"], "last_loss": losses[max(losses)] if losses else None,
-          "eval_loss": summary.get("eval_loss"), "rows": summary["rows"], "num_params": summary["num_params"]}
+  return {
+      "steps": summary["final_step"],
+      "last_loss": losses[max(losses)] if losses else None,
+      "eval_loss": summary.get("eval_loss"),
+      "rows": summary["rows"],
+      "num_params": summary["num_params"],
+  }
 
 
 def stage_rl(config, workdir: str) -> dict:
   from biomni_jax.train.rl import train_rl
+
   summary = train_rl(rl_config(config, workdir), os.path.join(workdir, "rl"))
-  return {"optimizer_steps": summary["final_step"], "rewards": {str(k): v for k, v in summary["rewards"].items()},
-          "success": {str(k): v for k, v in summary["success"].items()}}
+  return {
+      "optimizer_steps": summary["final_step"],
+      "rewards": {str(k): v for k, v in summary["rewards"].items()},
+      "success": {str(k): v for k, v in summary["success"].items()},
+  }
 
 
 def base_agent(workdir: str):
   """The pretrained base (DIR/base) if pretraining ran, else the SFT run's initial params (init_train_state
   with its seed), with its model config and tokenizer."""
   from biomni_jax.eval.agents import ModelAgent, load_hf_agent, load_run_agent
+
   if os.path.isfile(os.path.join(workdir, BASE_DIR, "config.json")):
     return load_hf_agent(os.path.join(workdir, BASE_DIR))
   from biomni_jax.sharding import ShardingRules, make_mesh
@@ -236,9 +303,12 @@ def base_agent(workdir: str):
   trained = load_run_agent(os.path.join(workdir, "sft"))
   with open(os.path.join(workdir, "sft", "config.json")) as f:
     sft = json.load(f)
-  opt = dict(sft["optimizer"], total_steps=max(int(sft["optimizer"].get("warmup_steps") or 0) + 1, 2))
-  state = init_train_state(trained.model_config, make_optimizer(opt), int(sft.get("seed", 0)),
-                           ShardingRules(make_mesh()))
+  opt = dict(
+      sft["optimizer"], total_steps=max(int(sft["optimizer"].get("warmup_steps") or 0) + 1, 2)
+  )
+  state = init_train_state(
+      trained.model_config, make_optimizer(opt), int(sft.get("seed", 0)), ShardingRules(make_mesh())
+  )
   return ModelAgent(trained.model_config, state.params, trained.tokenizer, "init")
 
 
@@ -247,21 +317,32 @@ def stage_eval(system: str) -> Callable[[Any, str], dict]:
     from biomni_jax.eval import harness
     from biomni_jax.eval.agents import load_run_agent
     from biomni_jax.eval.tasks import load_embedded
+
     families = list(field(config, "rl.task_families"))
-    instances, envs = load_embedded(families, field(config, "pipeline.eval.split", str, default="val"),
-                                    field(config, "pipeline.eval.tasks_per_family", int, minimum=1),
-                                    seed=field(config, "rl.task_seed", int, default=0))
+    instances, envs = load_embedded(
+        families,
+        field(config, "pipeline.eval.split", str, default="val"),
+        field(config, "pipeline.eval.tasks_per_family", int, minimum=1),
+        seed=field(config, "rl.task_seed", int, default=0),
+    )
     samples = field(config, "pipeline.eval.samples", int, minimum=1)
-    agent = base_agent(workdir) if system == "base" else load_run_agent(os.path.join(workdir, system))
-    progress(f"eval_{system}: {len(instances)} held-out instances x {samples} episodes ({agent.source})")
+    agent = (
+        base_agent(workdir) if system == "base" else load_run_agent(os.path.join(workdir, system))
+    )
+    progress(
+        f"eval_{system}: {len(instances)} held-out instances x {samples} episodes ({agent.source})"
+    )
     records = harness.run_model(agent, instances, envs, samples, eval_settings(config))
     out_dir = os.path.join(workdir, "eval", system)
     harness.write_records(records, os.path.join(out_dir, "trajectories.jsonl"))
     summary = harness.summarize(records, ks=sorted({1, samples}), task_order=families)
     write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
-    progress(f"eval_{system}: average success {summary['average']:.3f} "
-             + " ".join(f"{t}={e['mean']:.2f}" for t, e in summary["tasks"].items()))
+    progress(
+        f"eval_{system}: average success {summary['average']:.3f} "
+        + " ".join(f"{t}={e['mean']:.2f}" for t, e in summary["tasks"].items())
+    )
     return {"average": summary["average"]}
+
   return run
 
 
@@ -279,28 +360,45 @@ def eval_table(workdir: str) -> dict:
       for key, value in entry.items():
         if key.startswith("pass@"):
           row[f"{system}_{key}"] = value
-  return {"tasks": tasks, "average": {system: s["average"] for system, s in summaries.items()},
-          "episodes": {system: s["episodes"] for system, s in summaries.items()}}
+  return {
+      "tasks": tasks,
+      "average": {system: s["average"] for system, s in summaries.items()},
+      "episodes": {system: s["episodes"] for system, s in summaries.items()},
+  }
 
 
 def stage_report(config, workdir: str) -> dict:
   from biomni_jax.eval import table
   from biomni_jax.report import write_report
+
   result = eval_table(workdir)
-  result["stage_seconds"] = {name: read_marker(workdir, name).get("seconds") for name in STAGES[:-1]}
+  result["stage_seconds"] = {
+      name: read_marker(workdir, name).get("seconds") for name in STAGES[:-1]
+  }
   write_json_atomic(os.path.join(workdir, "eval.json"), result)
   path = write_report(workdir)
-  scores = {system: {t: row[system] for t, row in result["tasks"].items() if system in row} for system in SYSTEMS}
+  scores = {
+      system: {t: row[system] for t, row in result["tasks"].items() if system in row}
+      for system in SYSTEMS
+  }
   print(table.format_table(scores, list(field(config, "rl.task_families"))), flush=True)
   return {"report": path, "average": result["average"]}
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[Any, str], dict]] = {
-    "teacher_data": stage_teacher_data, "pretrain": stage_pretrain, "sft": stage_sft, "eval_base": stage_eval("base"),
-    "eval_sft": stage_eval("sft"), "rl": stage_rl, "eval_rl": stage_eval("rl"), "report": stage_report}
+    "teacher_data": stage_teacher_data,
+    "pretrain": stage_pretrain,
+    "sft": stage_sft,
+    "eval_base": stage_eval("base"),
+    "eval_sft": stage_eval("sft"),
+    "rl": stage_rl,
+    "eval_rl": stage_eval("rl"),
+    "report": stage_report,
+}
 
 
 # --------------------------------------------------------------------------------------------- the driver
+
 
 def marker_path(workdir: str, stage: str) -> str:
   return os.path.join(workdir, "stages", f"{stage}.json")
@@ -319,12 +417,15 @@ def check_config(config) -> None:
     field(config, section)  # a missing section raises ConfigError naming it
   unknown = set(field(config, "pipeline.teacher.families")) - set(_family_names())
   if unknown:
-    raise ConfigError(f"config field 'pipeline.teacher.families': unknown {sorted(unknown)}; expected some of "
-                      f"{_family_names()}")
+    raise ConfigError(
+        f"config field 'pipeline.teacher.families': unknown {sorted(unknown)}; expected some of "
+        f"{_family_names()}"
+    )
 
 
 def _family_names() -> list[str]:
   from biomni_jax.env.tasks import family_names
+
   return family_names()
 
 
@@ -338,7 +439,9 @@ def run_pipeline(config, workdir: str) -> dict:
   for i, stage in enumerate(STAGES, start=1):
     done = read_marker(workdir, stage)
     if done:
-      progress(f"stage {i}/{len(STAGES)} {stage}: done in an earlier run ({done.get('seconds', 0):.0f} s); skipped")
+      progress(
+          f"stage {i}/{len(STAGES)} {stage}: done in an earlier run ({done.get('seconds', 0):.0f} s); skipped"
+      )
       continue
     progress(f"stage {i}/{len(STAGES)} {stage}: starting")
     t0 = time.monotonic()
@@ -348,8 +451,14 @@ def run_pipeline(config, workdir: str) -> dict:
     progress(f"stage {i}/{len(STAGES)} {stage}: done in {timings[stage]:.0f} s")
   with open(os.path.join(workdir, "eval.json")) as f:
     result = json.load(f)
-  progress(f"finished in {time.monotonic() - start:.0f} s: {os.path.join(workdir, 'eval.json')}, "
-           f"{os.path.join(workdir, 'report.html')}")
-  return {"average_base": result["average"]["base"], "average_sft": result["average"]["sft"],
-          "average_rl": result["average"]["rl"], "wall_seconds": time.monotonic() - start,
-          "report": os.path.join(workdir, "report.html")}
+  progress(
+      f"finished in {time.monotonic() - start:.0f} s: {os.path.join(workdir, 'eval.json')}, "
+      f"{os.path.join(workdir, 'report.html')}"
+  )
+  return {
+      "average_base": result["average"]["base"],
+      "average_sft": result["average"]["sft"],
+      "average_rl": result["average"]["rl"],
+      "wall_seconds": time.monotonic() - start,
+      "report": os.path.join(workdir, "report.html"),
+  }

@@ -6,6 +6,7 @@ Reads workdir/sft/metrics.jsonl (loss, eval_loss), workdir/rl/metrics.jsonl (rew
 workdir/eval.json (per task: base, sft, rl) and workdir/eval/<system>/trajectories.jsonl. A missing input
 leaves its section saying so. The page is self-contained (no scripts, no external files).
 """
+
 from __future__ import annotations
 
 import html
@@ -40,8 +41,13 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
   return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
 
 
-def svg_line_chart(lines: Mapping[str, Sequence[tuple[float, float]]], title: str, xlabel: str,
-                   width: int = 460, height: int = 260) -> str:
+def svg_line_chart(
+    lines: Mapping[str, Sequence[tuple[float, float]]],
+    title: str,
+    xlabel: str,
+    width: int = 460,
+    height: int = 260,
+) -> str:
   """An SVG chart of named (x, y) series: axes with 5 ticks each, a polyline and dots per series, a legend.
 
   Coordinates: x in [min x, max x] -> [left, width - right]; y in [min y, max y] -> [height - bottom, top]
@@ -49,12 +55,16 @@ def svg_line_chart(lines: Mapping[str, Sequence[tuple[float, float]]], title: st
   """
   points = [p for pts in lines.values() for p in pts]
   left, right, top, bottom = 52, 12, 44, 40
-  out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
-         f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
-         f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">'
-         f'{html.escape(title)}</text>']
+  out = [
+      f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
+      f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
+      f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">'
+      f"{html.escape(title)}</text>",
+  ]
   if not points:
-    out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="12">no data</text></svg>')
+    out.append(
+        f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="12">no data</text></svg>'
+    )
     return "\n".join(out)
   x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
   y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
@@ -69,25 +79,37 @@ def svg_line_chart(lines: Mapping[str, Sequence[tuple[float, float]]], title: st
   def sy(y):
     return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
 
-  out.append(f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
-             f'fill="none" stroke="#999"/>')
+  out.append(
+      f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
+      f'fill="none" stroke="#999"/>'
+  )
   for y in _ticks(y0, y1):
-    out.append(f'<line x1="{left - 4}" x2="{left}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#999"/>'
-               f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" font-size="10">{y:.3g}</text>')
+    out.append(
+        f'<line x1="{left - 4}" x2="{left}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#999"/>'
+        f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" font-size="10">{y:.3g}</text>'
+    )
   for x in _ticks(x0, x1):
-    out.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 14}" text-anchor="middle" font-size="10">'
-               f'{x:.4g}</text>')
-  out.append(f'<text x="{left + (width - left - right) / 2}" y="{height - 8}" text-anchor="middle" '
-             f'font-size="11">{html.escape(xlabel)}</text>')
+    out.append(
+        f'<text x="{sx(x):.1f}" y="{height - bottom + 14}" text-anchor="middle" font-size="10">'
+        f"{x:.4g}</text>"
+    )
+  out.append(
+      f'<text x="{left + (width - left - right) / 2}" y="{height - 8}" text-anchor="middle" '
+      f'font-size="11">{html.escape(xlabel)}</text>'
+  )
   legend_x = left
   for i, (name, pts) in enumerate(lines.items()):
     color = COLORS[i % len(COLORS)]
     coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
     if len(pts) > 1:
-      out.append(f'<polyline class="series" fill="none" stroke="{color}" stroke-width="1.5" points="{coords}"/>')
+      out.append(
+          f'<polyline class="series" fill="none" stroke="{color}" stroke-width="1.5" points="{coords}"/>'
+      )
     out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2" fill="{color}"/>' for x, y in pts]
-    out.append(f'<rect x="{legend_x}" y="{top - 15}" width="10" height="3" fill="{color}"/>'
-               f'<text x="{legend_x + 14}" y="{top - 10}" font-size="11" fill="{color}">{html.escape(name)}</text>')
+    out.append(
+        f'<rect x="{legend_x}" y="{top - 15}" width="10" height="3" fill="{color}"/>'
+        f'<text x="{legend_x + 14}" y="{top - 10}" font-size="11" fill="{color}">{html.escape(name)}</text>'
+    )
     legend_x += 24 + 6.5 * len(name)  # legend entries side by side above the plot
   out.append("</svg>")
   return "\n".join(out)
@@ -98,8 +120,10 @@ def render_messages(messages: Sequence[dict]) -> str:
   out = []
   for m in messages:
     role = str(m.get("role", "?"))
-    out.append(f'<div class="msg {html.escape(role)}"><div class="role">{html.escape(role)}</div>'
-               f'<pre>{html.escape(str(m.get("content", "")))}</pre></div>')
+    out.append(
+        f'<div class="msg {html.escape(role)}"><div class="role">{html.escape(role)}</div>'
+        f'<pre>{html.escape(str(m.get("content", "")))}</pre></div>'
+    )
   return "\n".join(out)
 
 
@@ -119,8 +143,11 @@ def _samples(path: str, per_task: int = 1) -> list[dict]:
 
 def eval_section(result: dict) -> str:
   from biomni_jax.eval import table
-  scores = {SYSTEM_LABELS.get(s, s): {t: row[s] for t, row in result["tasks"].items() if s in row}
-            for s in result.get("average", {})}
+
+  scores = {
+      SYSTEM_LABELS.get(s, s): {t: row[s] for t, row in result["tasks"].items() if s in row}
+      for s in result.get("average", {})
+  }
   return table.html_table(scores)
 
 
@@ -144,41 +171,64 @@ def build_report(workdir: str) -> str:
   sft = read_metrics(os.path.join(workdir, "sft", "metrics.jsonl"))
   rl = read_metrics(os.path.join(workdir, "rl", "metrics.jsonl"))
   charts = [
-      svg_line_chart({"train loss": series(sft, "loss"), "held-out loss": series(sft, "eval_loss")},
-                     "SFT loss", "step"),
-      svg_line_chart({"reward": series(rl, "reward"), "success": series(rl, "success")},
-                     "RL reward and success (rollout batches)", "RL step"),
+      svg_line_chart(
+          {"train loss": series(sft, "loss"), "held-out loss": series(sft, "eval_loss")},
+          "SFT loss",
+          "step",
+      ),
+      svg_line_chart(
+          {"reward": series(rl, "reward"), "success": series(rl, "success")},
+          "RL reward and success (rollout batches)",
+          "RL step",
+      ),
       svg_line_chart({"policy loss": series(rl, "loss")}, "RL policy loss", "RL step"),
   ]
-  parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>biomni_jax report</title>"
-           f"<style>{STYLE}</style></head><body>", "<h1>biomni_jax pipeline report</h1>",
-           f"<p>workdir: <code>{html.escape(os.path.abspath(workdir))}</code></p>"]
+  parts = [
+      f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>biomni_jax report</title>"
+      f"<style>{STYLE}</style></head><body>",
+      "<h1>biomni_jax pipeline report</h1>",
+      f"<p>workdir: <code>{html.escape(os.path.abspath(workdir))}</code></p>",
+  ]
   eval_path = os.path.join(workdir, "eval.json")
   parts.append("<h2>Held-out success per task</h2>")
   if os.path.isfile(eval_path):
     with open(eval_path) as f:
       result = json.load(f)
-    parts.append("<p>Mean official score over held-out episodes per task; the best system per task in bold; "
-                 "average = unweighted mean over tasks.</p>")
+    parts.append(
+        "<p>Mean official score over held-out episodes per task; the best system per task in bold; "
+        "average = unweighted mean over tasks.</p>"
+    )
     parts.append(eval_section(result))
   else:
     parts.append("<p>eval.json not written yet.</p>")
   timings = result.get("stage_seconds", {}) if os.path.isfile(eval_path) else {}
   if timings:
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{'-' if v is None else f'{v:.0f} s'}</td></tr>"
-                   for k, v in timings.items())
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{'-' if v is None else f'{v:.0f} s'}</td></tr>"
+        for k, v in timings.items()
+    )
     parts.append(f'<h2>Stages</h2><table class="scores">{rows}</table>')
-  parts += ["<h2>Curves</h2>", '<div class="charts">', *charts, "</div>", "<h2>Sample episodes</h2>"]
+  parts += [
+      "<h2>Curves</h2>",
+      '<div class="charts">',
+      *charts,
+      "</div>",
+      "<h2>Sample episodes</h2>",
+  ]
   for system in ("rl", "sft", "base"):
     samples = _samples(os.path.join(workdir, "eval", system, "trajectories.jsonl"))
     if not samples:
       continue
     parts.append(f"<h3>{html.escape(SYSTEM_LABELS.get(system, system))}</h3>")
     for r in samples:
-      label = (f"{r['task_name']} / {r['instance_id']} - score {r['score']:g}, format {r['format']:g}, "
-               f"{r['turns']} turns, {r['termination']}; answer {r['answer']!r}")
-      parts.append(f"<details{' open' if system == 'rl' else ''}><summary>{html.escape(label)}</summary>"
-                   f"{render_messages(r['messages'])}</details>")
+      label = (
+          f"{r['task_name']} / {r['instance_id']} - score {r['score']:g}, format {r['format']:g}, "
+          f"{r['turns']} turns, {r['termination']}; answer {r['answer']!r}"
+      )
+      parts.append(
+          f"<details{' open' if system == 'rl' else ''}><summary>{html.escape(label)}</summary>"
+          f"{render_messages(r['messages'])}</details>"
+      )
   parts.append("</body></html>")
   return "\n".join(parts)
 

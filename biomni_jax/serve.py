@@ -22,6 +22,7 @@ OpenAI's error body {"error": {"message", "type", "param", "code"}} with status 
 Threads: ThreadingHTTPServer runs one thread per request; all of them submit to the one engine, whose own
 thread batches their decoding (continuous batching).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,18 +51,33 @@ UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logit_bias
 class RequestError(Exception):
   """An invalid request: becomes OpenAI's error body with `status`."""
 
-  def __init__(self, message: str, *, param: Optional[str] = None, code: Optional[str] = None,
-               status: int = 400, type: str = "invalid_request_error"):
+  def __init__(
+      self,
+      message: str,
+      *,
+      param: Optional[str] = None,
+      code: Optional[str] = None,
+      status: int = 400,
+      type: str = "invalid_request_error",
+  ):
     super().__init__(message)
     self.message, self.param, self.code, self.status, self.type = message, param, code, status, type
 
   def body(self) -> dict:
-    return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+    return {
+        "error": {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
+    }
 
 
 @dataclasses.dataclass(frozen=True)
 class ChatRequest:
   """A validated /v1/chat/completions body. messages: [{"role", "content"}] with string contents."""
+
   messages: list
   temperature: float
   top_p: float
@@ -76,19 +92,31 @@ class ChatRequest:
 
 # ------------------------------------------------------------------------------------------ validation
 
+
 def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
   value = body.get(name)
   if value is None:
     return default
   if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise RequestError(f"Invalid type for '{name}': expected a number, but got {type(value).__name__}.",
-                       param=name, code="invalid_type")
+    raise RequestError(
+        f"Invalid type for '{name}': expected a number, but got {type(value).__name__}.",
+        param=name,
+        code="invalid_type",
+    )
   if value < low:
-    raise RequestError(f"Invalid '{name}': decimal below minimum value. Expected a value >= {low}, but got "
-                       f"{value} instead.", param=name, code="decimal_below_min_value")
+    raise RequestError(
+        f"Invalid '{name}': decimal below minimum value. Expected a value >= {low}, but got "
+        f"{value} instead.",
+        param=name,
+        code="decimal_below_min_value",
+    )
   if value > high:
-    raise RequestError(f"Invalid '{name}': decimal above maximum value. Expected a value <= {high}, but got "
-                       f"{value} instead.", param=name, code="decimal_above_max_value")
+    raise RequestError(
+        f"Invalid '{name}': decimal above maximum value. Expected a value <= {high}, but got "
+        f"{value} instead.",
+        param=name,
+        code="decimal_above_max_value",
+    )
   return float(value)
 
 
@@ -97,12 +125,18 @@ def _integer(body: dict, name: str, low: int, high: Optional[int] = None) -> Opt
   if value is None:
     return None
   if isinstance(value, bool) or not isinstance(value, int):
-    raise RequestError(f"Invalid type for '{name}': expected an integer, but got {type(value).__name__}.",
-                       param=name, code="invalid_type")
+    raise RequestError(
+        f"Invalid type for '{name}': expected an integer, but got {type(value).__name__}.",
+        param=name,
+        code="invalid_type",
+    )
   if value < low or (high is not None and value > high):
     bounds = f">= {low}" + ("" if high is None else f" and <= {high}")
-    raise RequestError(f"Invalid '{name}': expected an integer {bounds}, but got {value} instead.",
-                       param=name, code="integer_out_of_range")
+    raise RequestError(
+        f"Invalid '{name}': expected an integer {bounds}, but got {value} instead.",
+        param=name,
+        code="integer_out_of_range",
+    )
   return value
 
 
@@ -112,9 +146,16 @@ def _content_text(content: Any, where: str) -> Any:
     return content
   texts = []
   for j, part in enumerate(content):
-    if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-      raise RequestError(f"Invalid '{where}[{j}]': only text content parts are supported, found {part!r:.80}.",
-                         param=f"{where}[{j}]", code="invalid_value")
+    if (
+        not isinstance(part, dict)
+        or part.get("type") != "text"
+        or not isinstance(part.get("text"), str)
+    ):
+      raise RequestError(
+          f"Invalid '{where}[{j}]': only text content parts are supported, found {part!r:.80}.",
+          param=f"{where}[{j}]",
+          code="invalid_value",
+      )
     texts.append(part["text"])
   return "".join(texts)
 
@@ -122,14 +163,23 @@ def _content_text(content: Any, where: str) -> Any:
 def _messages(body: dict) -> list:
   messages = body.get("messages")
   if messages is None:
-    raise RequestError("Missing required parameter: 'messages'.", param="messages",
-                       code="missing_required_parameter")
+    raise RequestError(
+        "Missing required parameter: 'messages'.",
+        param="messages",
+        code="missing_required_parameter",
+    )
   if not isinstance(messages, list):
-    raise RequestError(f"Invalid type for 'messages': expected an array, but got {type(messages).__name__}.",
-                       param="messages", code="invalid_type")
+    raise RequestError(
+        f"Invalid type for 'messages': expected an array, but got {type(messages).__name__}.",
+        param="messages",
+        code="invalid_type",
+    )
   if not messages:
-    raise RequestError("Invalid 'messages': empty array. Expected an array with minimum length 1.",
-                       param="messages", code="empty_array")
+    raise RequestError(
+        "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+        param="messages",
+        code="empty_array",
+    )
   out = []
   for i, message in enumerate(messages):
     where = f"messages[{i}]"
@@ -140,8 +190,11 @@ def _messages(body: dict) -> list:
       validate_message(message, where)
     except ValueError as e:
       param = str(e).split(":", 1)[0]
-      raise RequestError(f"Invalid '{param}': {str(e).split(':', 1)[-1].strip()}", param=param,
-                         code="invalid_value") from None
+      raise RequestError(
+          f"Invalid '{param}': {str(e).split(':', 1)[-1].strip()}",
+          param=param,
+          code="invalid_value",
+      ) from None
     out.append(message)
   return out
 
@@ -152,8 +205,12 @@ def _stop(body: dict) -> tuple:
     return ()
   stops = [stop] if isinstance(stop, str) else stop
   if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
-    raise RequestError(f"Invalid 'stop': expected a non-empty string or an array of non-empty strings, "
-                       f"but got {stop!r:.80}.", param="stop", code="invalid_value")
+    raise RequestError(
+        f"Invalid 'stop': expected a non-empty string or an array of non-empty strings, "
+        f"but got {stop!r:.80}.",
+        param="stop",
+        code="invalid_value",
+    )
   return tuple(stops)
 
 
@@ -163,30 +220,51 @@ def parse_chat_request(body: Any, served_model: str) -> ChatRequest:
     raise RequestError(f"Invalid body: expected a JSON object, but got {type(body).__name__}.")
   model = body.get("model")
   if model is None:
-    raise RequestError("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    raise RequestError(
+        "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
+    )
   if model != served_model:
-    raise RequestError(f"The model `{model}` does not exist. This server serves `{served_model}`.",
-                       param="model", code="model_not_found", status=404)
+    raise RequestError(
+        f"The model `{model}` does not exist. This server serves `{served_model}`.",
+        param="model",
+        code="model_not_found",
+        status=404,
+    )
   messages = _messages(body)
   for name in UNSUPPORTED:
     if body.get(name) not in (None, [], {}, "none"):
-      raise RequestError(f"Unsupported parameter: '{name}' is not supported by this server.", param=name,
-                         code="unsupported_parameter")
+      raise RequestError(
+          f"Unsupported parameter: '{name}' is not supported by this server.",
+          param=name,
+          code="unsupported_parameter",
+      )
   if body.get("logprobs"):
-    raise RequestError("Unsupported parameter: 'logprobs' is not supported by this server.", param="logprobs",
-                       code="unsupported_parameter")
+    raise RequestError(
+        "Unsupported parameter: 'logprobs' is not supported by this server.",
+        param="logprobs",
+        code="unsupported_parameter",
+    )
   response_format = body.get("response_format")
   if response_format not in (None, {"type": "text"}):
-    raise RequestError("Unsupported value: 'response_format' must be {\"type\": \"text\"}.",
-                       param="response_format", code="unsupported_value")
+    raise RequestError(
+        'Unsupported value: \'response_format\' must be {"type": "text"}.',
+        param="response_format",
+        code="unsupported_value",
+    )
   n = _integer(body, "n", 1)
   if n not in (None, 1):
-    raise RequestError(f"Unsupported value: 'n' must be 1 on this server, but got {n}.", param="n",
-                       code="unsupported_value")
+    raise RequestError(
+        f"Unsupported value: 'n' must be 1 on this server, but got {n}.",
+        param="n",
+        code="unsupported_value",
+    )
   for penalty in ("presence_penalty", "frequency_penalty"):
     if _number(body, penalty, 0.0, -2.0, 2.0) != 0.0:
-      raise RequestError(f"Unsupported value: '{penalty}' must be 0 on this server.", param=penalty,
-                         code="unsupported_value")
+      raise RequestError(
+          f"Unsupported value: '{penalty}' must be 0 on this server.",
+          param=penalty,
+          code="unsupported_value",
+      )
   temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
   top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
   if top_p == 0.0:  # the limit of nucleus sampling as p -> 0 keeps only the most likely token
@@ -194,23 +272,35 @@ def parse_chat_request(body: Any, served_model: str) -> ChatRequest:
   max_tokens = _integer(body, "max_completion_tokens", 1)
   if max_tokens is None:
     max_tokens = _integer(body, "max_tokens", 1)
-  seed = _integer(body, "seed", -(2 ** 63), 2 ** 63 - 1)
+  seed = _integer(body, "seed", -(2**63), 2**63 - 1)
   stream = body.get("stream") or False
   if not isinstance(stream, bool):
-    raise RequestError("Invalid type for 'stream': expected a boolean.", param="stream", code="invalid_type")
+    raise RequestError(
+        "Invalid type for 'stream': expected a boolean.", param="stream", code="invalid_type"
+    )
   options = body.get("stream_options") or {}
   if not isinstance(options, dict):
-    raise RequestError("Invalid type for 'stream_options': expected an object.", param="stream_options",
-                       code="invalid_type")
+    raise RequestError(
+        "Invalid type for 'stream_options': expected an object.",
+        param="stream_options",
+        code="invalid_type",
+    )
   return ChatRequest(
-      messages=messages, temperature=temperature, top_p=top_p, top_k=_integer(body, "top_k", -1) or 0,
-      max_tokens=max_tokens, stop=_stop(body),
-      seed=secrets.randbits(32) if seed is None else seed % (2 ** 32), stream=stream,
+      messages=messages,
+      temperature=temperature,
+      top_p=top_p,
+      top_k=_integer(body, "top_k", -1) or 0,
+      max_tokens=max_tokens,
+      stop=_stop(body),
+      seed=secrets.randbits(32) if seed is None else seed % (2**32),
+      stream=stream,
       include_usage=bool(options.get("include_usage")),
-      include_stop_str=bool(body.get("include_stop_str_in_output")))
+      include_stop_str=bool(body.get("include_stop_str_in_output")),
+  )
 
 
 # ------------------------------------------------------------------------------------------ the model side
+
 
 def visible_text(text: str, stops: tuple, include_stop: bool) -> tuple[str, Optional[str]]:
   """`text` cut before (or, with include_stop, after) the earliest stop string in it; (text, that stop)."""
@@ -218,13 +308,15 @@ def visible_text(text: str, stops: tuple, include_stop: bool) -> tuple[str, Opti
   if not hits:
     return text, None
   index, stop = min(hits)
-  return text[:index + len(stop) if include_stop else index], stop
+  return text[: index + len(stop) if include_stop else index], stop
 
 
 class ChatService:
   """Turns validated requests into engine submissions and OpenAI response objects. Thread-safe."""
 
-  def __init__(self, engine: Engine, tokenizer, model_name: str, *, request_timeout_s: float = 600.0):
+  def __init__(
+      self, engine: Engine, tokenizer, model_name: str, *, request_timeout_s: float = 600.0
+  ):
     self.engine, self.tokenizer, self.model_name = engine, tokenizer, model_name
     self.renderer = ChatRenderer(tokenizer)
     self.stop_token_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in (IM_END, PAD_TOKEN))
@@ -232,8 +324,13 @@ class ChatService:
     self.created = int(time.time())
 
   def model_card(self) -> dict:
-    return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "biomni_jax",
-            "max_model_len": self.engine.max_len}
+    return {
+        "id": self.model_name,
+        "object": "model",
+        "created": self.created,
+        "owned_by": "biomni_jax",
+        "max_model_len": self.engine.max_len,
+    }
 
   def _prepare(self, request: ChatRequest) -> tuple[list, SamplingParams]:
     prompt = [int(t) for t in self.renderer.prompt_ids(request.messages)]
@@ -243,10 +340,19 @@ class ChatService:
       raise RequestError(
           f"This model's maximum context length is {self.engine.max_len} tokens. However, you requested "
           f"{len(prompt) + wanted} tokens ({len(prompt)} in the messages, {wanted} in the completion). Please "
-          f"reduce the length of the messages or completion.", param="messages", code="context_length_exceeded")
-    params = SamplingParams(temperature=request.temperature, top_p=request.top_p, top_k=request.top_k,
-                            max_new_tokens=wanted, stop=request.stop, stop_token_ids=self.stop_token_ids,
-                            seed=request.seed)
+          f"reduce the length of the messages or completion.",
+          param="messages",
+          code="context_length_exceeded",
+      )
+    params = SamplingParams(
+        temperature=request.temperature,
+        top_p=request.top_p,
+        top_k=request.top_k,
+        max_new_tokens=wanted,
+        stop=request.stop,
+        stop_token_ids=self.stop_token_ids,
+        seed=request.seed,
+    )
     return prompt, params
 
   def _submit(self, prompt: list, params: SamplingParams):
@@ -259,13 +365,20 @@ class ChatService:
     try:
       completion = future.result(timeout=self.request_timeout_s)
     except FutureTimeout:
-      raise RequestError(f"The engine did not finish within {self.request_timeout_s} s.", status=500,
-                         type="server_error", code="timeout") from None
+      raise RequestError(
+          f"The engine did not finish within {self.request_timeout_s} s.",
+          status=500,
+          type="server_error",
+          code="timeout",
+      ) from None
     except Exception as e:  # noqa: BLE001 - an engine failure is the server's error, not the client's
       raise RequestError(f"The engine failed: {e}", status=500, type="server_error") from None
     if completion.finish_reason not in ("stop", "length"):
-      raise RequestError(f"The engine ended the request with {completion.finish_reason!r}.", status=500,
-                         type="server_error")
+      raise RequestError(
+          f"The engine ended the request with {completion.finish_reason!r}.",
+          status=500,
+          type="server_error",
+      )
     return completion
 
   def _text(self, token_ids, request: ChatRequest) -> tuple[str, Optional[str]]:
@@ -276,13 +389,21 @@ class ChatService:
     return visible_text(text, request.stop, request.include_stop_str)
 
   def _envelope(self, object_type: str, request_id: str) -> dict:
-    return {"id": request_id, "object": object_type, "created": int(time.time()), "model": self.model_name,
-            "system_fingerprint": None}
+    return {
+        "id": request_id,
+        "object": object_type,
+        "created": int(time.time()),
+        "model": self.model_name,
+        "system_fingerprint": None,
+    }
 
   @staticmethod
   def _usage(prompt: list, completion: Completion) -> dict:
-    return {"prompt_tokens": len(prompt), "completion_tokens": len(completion.token_ids),
-            "total_tokens": len(prompt) + len(completion.token_ids)}
+    return {
+        "prompt_tokens": len(prompt),
+        "completion_tokens": len(completion.token_ids),
+        "total_tokens": len(prompt) + len(completion.token_ids),
+    }
 
   def complete(self, request: ChatRequest) -> dict:
     """One chat.completion object."""
@@ -290,10 +411,18 @@ class ChatService:
     _, future = self._submit(prompt, params)
     completion = self._await(future)
     text, _ = self._text(completion.token_ids, request)
-    return {**self._envelope("chat.completion", f"chatcmpl-{uuid.uuid4().hex}"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": completion.finish_reason}],
-            "usage": self._usage(prompt, completion)}
+    return {
+        **self._envelope("chat.completion", f"chatcmpl-{uuid.uuid4().hex}"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": completion.finish_reason,
+            }
+        ],
+        "usage": self._usage(prompt, completion),
+    }
 
   def stream(self, request: ChatRequest) -> Iterator[dict]:
     """chat.completion.chunk objects, text sent as the engine samples it.
@@ -306,13 +435,19 @@ class ChatService:
     session, future = self._submit(prompt, params)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     envelope = lambda: self._envelope("chat.completion.chunk", request_id)  # noqa: E731
-    chunk = lambda delta, finish=None: {**envelope(), "choices": [  # noqa: E731
-        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    chunk = lambda delta, finish=None: {
+        **envelope(),
+        "choices": [  # noqa: E731
+            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        ],
+    }
     yield chunk({"role": "assistant", "content": ""})
     hold = max((len(s) for s in request.stop), default=1) - 1
     sent, deadline = 0, time.monotonic() + self.request_timeout_s
     while not future.done() and time.monotonic() < deadline:
-      new_ids = session.history[len(prompt):]  # the engine thread appends; a slice is an atomic copy
+      new_ids = session.history[
+          len(prompt) :
+      ]  # the engine thread appends; a slice is an atomic copy
       text, stop = self._text(new_ids, request)
       safe = len(text) if stop is not None else len(text) - hold
       while safe > sent and text[safe - 1] == "\ufffd":
@@ -331,6 +466,7 @@ class ChatService:
 
 
 # ------------------------------------------------------------------------------------------ HTTP
+
 
 class _Handler(BaseHTTPRequestHandler):
   server_version = "biomni_jax-serve"
@@ -358,28 +494,49 @@ class _Handler(BaseHTTPRequestHandler):
     if path == "/v1/models":
       return self._send_json(200, {"object": "list", "data": [self.service.model_card()]})
     if path.startswith("/v1/models/"):
-      name = path[len("/v1/models/"):]
+      name = path[len("/v1/models/") :]
       if name == self.service.model_name:
         return self._send_json(200, self.service.model_card())
-      return self._send_error(RequestError(f"The model `{name}` does not exist.", param="model",
-                                           code="model_not_found", status=404))
+      return self._send_error(
+          RequestError(
+              f"The model `{name}` does not exist.",
+              param="model",
+              code="model_not_found",
+              status=404,
+          )
+      )
     if path == "/v1/chat/completions":
-      return self._send_error(RequestError("Method GET is not allowed on /v1/chat/completions; use POST.",
-                                           status=405, code="method_not_allowed"))
+      return self._send_error(
+          RequestError(
+              "Method GET is not allowed on /v1/chat/completions; use POST.",
+              status=405,
+              code="method_not_allowed",
+          )
+      )
     self._send_error(RequestError(f"Unknown path {self.path!r}.", status=404, code="unknown_url"))
 
   def do_POST(self):  # noqa: N802
     path = self.path.split("?", 1)[0].rstrip("/")
     if path != "/v1/chat/completions":
       if path in ("/v1/models", "/health"):
-        return self._send_error(RequestError(f"Method POST is not allowed on {path}; use GET.", status=405,
-                                             code="method_not_allowed"))
-      return self._send_error(RequestError(f"Unknown path {self.path!r}.", status=404, code="unknown_url"))
+        return self._send_error(
+            RequestError(
+                f"Method POST is not allowed on {path}; use GET.",
+                status=405,
+                code="method_not_allowed",
+            )
+        )
+      return self._send_error(
+          RequestError(f"Unknown path {self.path!r}.", status=404, code="unknown_url")
+      )
     try:
       length = int(self.headers.get("Content-Length") or 0)
       if length > MAX_BODY_BYTES:
-        raise RequestError(f"Request body of {length} bytes exceeds {MAX_BODY_BYTES}.", status=413,
-                           code="request_too_large")
+        raise RequestError(
+            f"Request body of {length} bytes exceeds {MAX_BODY_BYTES}.",
+            status=413,
+            code="request_too_large",
+        )
       try:
         body = json.loads(self.rfile.read(length) or b"null")
       except (ValueError, UnicodeDecodeError) as e:
@@ -405,7 +562,9 @@ class _Handler(BaseHTTPRequestHandler):
         for event in events:
           self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
           self.wfile.flush()
-      except RequestError as e:  # the engine failed mid-stream: the status line has gone, send the error
+      except (
+          RequestError
+      ) as e:  # the engine failed mid-stream: the status line has gone, send the error
         self.wfile.write(f"data: {json.dumps(e.body())}\n\n".encode())
       self.wfile.write(b"data: [DONE]\n\n")
       self.wfile.flush()
@@ -413,8 +572,9 @@ class _Handler(BaseHTTPRequestHandler):
       pass  # the client went away; its session is closed when the engine finishes the turn
 
 
-def make_http_server(service: ChatService, host: str = "127.0.0.1", port: int = 8000,
-                     verbose: bool = False) -> ThreadingHTTPServer:
+def make_http_server(
+    service: ChatService, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False
+) -> ThreadingHTTPServer:
   """A ThreadingHTTPServer (not yet serving) answering the OpenAI routes with `service`. port 0 = any free."""
   handler = type("ChatHandler", (_Handler,), {"service": service})
   server = ThreadingHTTPServer((host, port), handler)
@@ -423,20 +583,28 @@ def make_http_server(service: ChatService, host: str = "127.0.0.1", port: int = 
   return server
 
 
-def load_model(model: Optional[str] = None, workdir: Optional[str] = None, step: Optional[int] = None,
-               sharding=None):
+def load_model(
+    model: Optional[str] = None,
+    workdir: Optional[str] = None,
+    step: Optional[int] = None,
+    sharding=None,
+):
   """(ModelConfig, params, tokenizer, default served name) from a HF directory or a training run's workdir."""
   from biomni_jax.data.tokenizer import load_tokenizer
   from biomni_jax.model.hf_io import load_hf_checkpoint
+
   if (model is None) == (workdir is None):
     raise ValueError("give exactly one of --model=HF_DIR or --workdir=RUN_DIR")
   if model is not None:
     if not os.path.isdir(model):
-      raise ValueError(f"--model={model!r} is not a directory (expected a Hugging Face Qwen3 directory with "
-                       f"config.json, safetensors and tokenizer files; tools/export_hf.py writes one)")
+      raise ValueError(
+          f"--model={model!r} is not a directory (expected a Hugging Face Qwen3 directory with "
+          f"config.json, safetensors and tokenizer files; tools/export_hf.py writes one)"
+      )
     config, params = load_hf_checkpoint(model, sharding=sharding)
     return config, params, load_tokenizer(model), os.path.basename(os.path.abspath(model))
   from biomni_jax.tools.export_hf import load_run
+
   config, params, tokenizer, step = load_run(workdir, step, sharding)
   return config, params, tokenizer, f"{os.path.basename(os.path.abspath(workdir))}-step{step}"
 
@@ -446,6 +614,7 @@ def main(argv) -> int:
 
   from biomni_jax.sharding import ShardingRules, make_mesh
   from biomni_jax.tools.export_hf import ExportError
+
   f = flags.FLAGS
   if len(argv) > 1:
     print(f"error: unexpected positional arguments {argv[1:]}", file=sys.stderr)
@@ -455,16 +624,32 @@ def main(argv) -> int:
   try:
     sharding = ShardingRules(make_mesh(fsdp=-1, tensor=f.tensor_parallel))
     config, params, tokenizer, name = load_model(f.model, f.workdir, f.step, sharding)
-  except (ValueError, OSError, ExportError) as e:  # hf_io.CheckpointError and ExportError are ValueErrors
+  except (
+      ValueError,
+      OSError,
+      ExportError,
+  ) as e:  # hf_io.CheckpointError and ExportError are ValueErrors
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
-  engine = Engine(config, params, sharding, num_slots=f.num_slots, max_len=f.max_len,
-                  detokenize=tokenizer.decode, max_prefill_chunk=f.max_prefill_chunk)
-  service = ChatService(engine, tokenizer, f.served_model_name or name, request_timeout_s=f.request_timeout_s)
+  engine = Engine(
+      config,
+      params,
+      sharding,
+      num_slots=f.num_slots,
+      max_len=f.max_len,
+      detokenize=tokenizer.decode,
+      max_prefill_chunk=f.max_prefill_chunk,
+  )
+  service = ChatService(
+      engine, tokenizer, f.served_model_name or name, request_timeout_s=f.request_timeout_s
+  )
   server = make_http_server(service, f.host, f.port, verbose=f.log_requests)
   host, port = server.server_address[:2]
-  print(f"serving {service.model_name!r} on http://{host}:{port}/v1 (max_len {engine.max_len}, "
-        f"{engine.num_slots} slots)", flush=True)
+  print(
+      f"serving {service.model_name!r} on http://{host}:{port}/v1 (max_len {engine.max_len}, "
+      f"{engine.num_slots} slots)",
+      flush=True,
+  )
   try:
     server.serve_forever()
   except KeyboardInterrupt:
@@ -477,21 +662,33 @@ def main(argv) -> int:
 
 def _define_flags() -> None:
   from absl import flags
-  flags.DEFINE_string("model", None, "A Hugging Face Qwen3 directory (config.json, safetensors, tokenizer).")
-  flags.DEFINE_string("workdir", None, "Instead of --model: a training run's workdir (its newest checkpoint).")
+
+  flags.DEFINE_string(
+      "model", None, "A Hugging Face Qwen3 directory (config.json, safetensors, tokenizer)."
+  )
+  flags.DEFINE_string(
+      "workdir", None, "Instead of --model: a training run's workdir (its newest checkpoint)."
+  )
   flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step (default: the newest).")
-  flags.DEFINE_string("served_model_name", None, "The model id clients pass (default: the directory's name).")
+  flags.DEFINE_string(
+      "served_model_name", None, "The model id clients pass (default: the directory's name)."
+  )
   flags.DEFINE_string("host", "127.0.0.1", "Interface to listen on.")
   flags.DEFINE_integer("port", 8000, "Port to listen on (0 = any free port, printed at start).")
   flags.DEFINE_integer("num_slots", 8, "KV-cache slots: requests decoded together.")
   flags.DEFINE_integer("max_len", 4096, "Context length per request (prompt + completion).")
   flags.DEFINE_integer("max_prefill_chunk", 256, "Prefill chunk length (tokens).")
-  flags.DEFINE_integer("tensor_parallel", 1, "Mesh 'tensor' axis size; the other devices form 'fsdp'.")
-  flags.DEFINE_float("request_timeout_s", 600.0, "A request still running after this fails with status 500.")
+  flags.DEFINE_integer(
+      "tensor_parallel", 1, "Mesh 'tensor' axis size; the other devices form 'fsdp'."
+  )
+  flags.DEFINE_float(
+      "request_timeout_s", 600.0, "A request still running after this fails with status 500."
+  )
   flags.DEFINE_bool("log_requests", False, "Log every HTTP request to stderr.")
 
 
 if __name__ == "__main__":
   from absl import app
+
   _define_flags()
   app.run(main)

@@ -4,6 +4,7 @@ Model code names the axes of every parameter and activation (`embed`, `heads`, `
 below decide where each lives on the mesh `(data, fsdp, tensor, sequence)`. Changing the parallelism
 layout is a change of rules or mesh shape, never of model code.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,13 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, sequence: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+    data: int = 1,
+    fsdp: int = 1,
+    tensor: int = 1,
+    sequence: int = 1,
+    devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
   """A mesh with axes (data, fsdp, tensor, sequence); one size may be -1 meaning "all remaining devices"."""
   devices = list(jax.devices() if devices is None else devices)
   sizes = [data, fsdp, tensor, sequence]
@@ -54,8 +60,10 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, sequence: int = 1,
       raise ValueError(f"{len(devices)} devices are not divisible by the fixed mesh axes {sizes}")
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                     f"found {len(devices)}")
+    raise ValueError(
+        f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+        f"found {len(devices)}"
+    )
   grid = np.asarray(devices, dtype=object).reshape(sizes)
   return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
@@ -111,13 +119,18 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules, mesh: Mesh | None
 
 def logical_shardings(logical_tree, sharding_rules: ShardingRules):
   """A pytree of logical-axis tuples (e.g. from `model.param_logical_axes`) -> NamedShardings."""
-  return jax.tree.map(lambda axes: sharding_rules.sharding(axes), logical_tree,
-                      is_leaf=lambda x: isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x))
+  return jax.tree.map(
+      lambda axes: sharding_rules.sharding(axes),
+      logical_tree,
+      is_leaf=lambda x: isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x),
+  )
 
 
 def shard_pytree(tree, shardings):
   """Places a host pytree onto the mesh (works multi-host: each process supplies only its shards)."""
+
   def put(x, s):
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+
   return jax.tree.map(put, tree, shardings)

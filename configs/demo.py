@@ -18,7 +18,9 @@ from biomni_jax.train.optimizer import default_optimizer_config
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.mode = "pipeline"  # or "sft" (the sections below up to `mesh`), "rl" (needs rl.init_from_sft)
+  config.mode = (
+      "pipeline"  # or "sft" (the sections below up to `mesh`), "rl" (needs rl.init_from_sft)
+  )
   config.seed = 0
 
   config.model = ml_collections.ConfigDict()
@@ -26,17 +28,31 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.init_from = ""  # a Hugging Face Qwen3 directory; "" = random init
   # A little larger than the "tiny" preset: 4 layers, hidden 128, tied embeddings (as Qwen3-0.6B).
   # remat off (short rows fit easily).
-  config.model.overrides = ml_collections.ConfigDict(dict(
-      hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-      num_key_value_heads=2, head_dim=32, dtype="float32", remat_policy="none", tie_word_embeddings=True,
-      attention_block_q=128, attention_block_kv=128, logits_chunk=256))
+  config.model.overrides = ml_collections.ConfigDict(
+      dict(
+          hidden_size=128,
+          intermediate_size=384,
+          num_hidden_layers=4,
+          num_attention_heads=4,
+          num_key_value_heads=2,
+          head_dim=32,
+          dtype="float32",
+          remat_policy="none",
+          tie_word_embeddings=True,
+          attention_block_q=128,
+          attention_block_kv=128,
+          logits_chunk=256,
+      )
+  )
 
   config.tokenizer = ml_collections.ConfigDict()
   config.tokenizer.path = ""  # "" = the embedded tokenizer; or a Qwen3 tokenizer directory
   config.tokenizer.vocab_size = 2048
 
   config.data = ml_collections.ConfigDict()
-  config.data.train_path = ""  # .jsonl file or tfds array_record directory (rejection sampling output)
+  config.data.train_path = (
+      ""  # .jsonl file or tfds array_record directory (rejection sampling output)
+  )
   config.data.train_split = "train"
   config.data.eval_path = ""  # held-out trajectories for the teacher-forced eval loss; "" = none
   config.data.eval_split = "val"
@@ -77,18 +93,32 @@ def get_config() -> ml_collections.ConfigDict:
   config.rl.num_steps = 4  # 4 rollout batches of 4 tasks x 4 samples: what fits the 20-minute demo
   config.rl_optimizer = demo_rl.optimizer
   pipeline = config.pipeline = ml_collections.ConfigDict()
-  pipeline.teacher = ml_collections.ConfigDict(dict(
-      kind="scripted", options=dict(mistake_rate=0.3, seed=0), families=list(config.rl.task_families),
-      train_per_family=48, val_per_family=2, n_samples=2, min_reward=2.0, max_turns=8, workers=2,
-      system_prompt=False))  # like rl.rollout.use_system_prompt: the tool listing would fill the tiny context
+  pipeline.teacher = ml_collections.ConfigDict(
+      dict(
+          kind="scripted",
+          options=dict(mistake_rate=0.3, seed=0),
+          families=list(config.rl.task_families),
+          train_per_family=48,
+          val_per_family=2,
+          n_samples=2,
+          min_reward=2.0,
+          max_turns=8,
+          workers=2,
+          system_prompt=False,
+      )
+  )  # like rl.rollout.use_system_prompt: the tool listing would fill the tiny context
   # ~150 steps teach the tiny model the protocol (held-out format ~0.9); copying an answer from an observation
   # into the solution starts later (the multiple-choice letter first). 250 steps at ~1.3 s take ~5.5 minutes;
   # 400 steps gave the same held-out table (README).
-  pipeline.sft_overrides = ml_collections.ConfigDict(dict(num_steps=250, eval_every=50, save_every=50))
+  pipeline.sft_overrides = ml_collections.ConfigDict(
+      dict(num_steps=250, eval_every=50, save_every=50)
+  )
   # Optional base-model pretraining (a language model on the task prompts and tool outputs, no assistant
   # turns; pipeline.py). 0 = SFT starts from a random init. 200 steps (~6 min) fit the documents (eval loss
   # 1.59) but do not teach copying: on held-out tool outputs the base does not reproduce the ranked id on the
   # answer line (README, "honest reading"), so the demo skips it.
   pipeline.pretrain = ml_collections.ConfigDict(dict(num_steps=0, lr=3e-3, warmup_steps=20))
-  pipeline.eval = ml_collections.ConfigDict(dict(split="val", tasks_per_family=6, samples=2, seed=1000))
+  pipeline.eval = ml_collections.ConfigDict(
+      dict(split="val", tasks_per_family=6, samples=2, seed=1000)
+  )
   return config

@@ -9,6 +9,7 @@ for tests). Knobs follow the Biomni-R0 recipe (Dr.GRPO, PPO clip 0.2/0.28, dual-
 seq-mean-token-mean, AdamW wd 0.01, grad clip 1) at CPU scale: 4 tasks x 4 samples per rollout batch,
 2 optimizer steps per batch, short episodes, and a larger constant learning rate than the 8B recipe's 1e-6.
 """
+
 import ml_collections
 
 from biomni_jax.train.optimizer import default_optimizer_config
@@ -21,15 +22,34 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.preset = "tiny"
-  config.model.overrides = ml_collections.ConfigDict(dict(
-      hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-      num_key_value_heads=2, head_dim=32, dtype="float32", remat_policy="none", tie_word_embeddings=True,
-      attention_block_q=128, attention_block_kv=128, logits_chunk=256))
+  config.model.overrides = ml_collections.ConfigDict(
+      dict(
+          hidden_size=128,
+          intermediate_size=384,
+          num_hidden_layers=4,
+          num_attention_heads=4,
+          num_key_value_heads=2,
+          head_dim=32,
+          dtype="float32",
+          remat_policy="none",
+          tie_word_embeddings=True,
+          attention_block_q=128,
+          attention_block_kv=128,
+          logits_chunk=256,
+      )
+  )
   config.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=2048))
 
   rl = config.rl = ml_collections.ConfigDict()
-  rl.init_from_sft = ""  # an SFT run's workdir (configs/demo.py); "" = random init from config.model
-  rl.task_families = ["sequence_qa", "locus_causal_gene", "rare_disease_diagnosis", "patient_gene_detection"]
+  rl.init_from_sft = (
+      ""  # an SFT run's workdir (configs/demo.py); "" = random init from config.model
+  )
+  rl.task_families = [
+      "sequence_qa",
+      "locus_causal_gene",
+      "rare_disease_diagnosis",
+      "patient_gene_detection",
+  ]
   rl.tasks_per_family = 16
   rl.task_split = "train"
   rl.task_seed = 0
@@ -45,15 +65,36 @@ def get_config() -> ml_collections.ConfigDict:
   rl.logprob_batch_rows = 4
   rl.advantage_estimator = "drgrpo"
   rl.temperature = 0.6
-  rl.loss = ml_collections.ConfigDict(dict(
-      policy_loss="ppo_clip", clip_low=0.2, clip_high=0.28, dual_clip=3.0, tis_cap=None, kl_coef=0.0,
-      kl_estimator="k3", entropy_coef=0.0, aggregation="seq-mean-token-mean", token_sum_norm=None))
-  rl.rollout = ml_collections.ConfigDict(dict(
-      max_turns=6, max_context_tokens=1536, max_new_tokens_per_turn=256, top_p=0.95, top_k=0,
-      max_staleness=0, max_concurrent_episodes=16, tool_timeout_s=30.0, overlong_threshold=1536,
-      # The demo SFT data has no system prompt: its tool listing (~1.1k tokens) would fill the tiny
-      # model's context. The task prompt alone is what the demo model was trained to follow.
-      use_system_prompt=False))
+  rl.loss = ml_collections.ConfigDict(
+      dict(
+          policy_loss="ppo_clip",
+          clip_low=0.2,
+          clip_high=0.28,
+          dual_clip=3.0,
+          tis_cap=None,
+          kl_coef=0.0,
+          kl_estimator="k3",
+          entropy_coef=0.0,
+          aggregation="seq-mean-token-mean",
+          token_sum_norm=None,
+      )
+  )
+  rl.rollout = ml_collections.ConfigDict(
+      dict(
+          max_turns=6,
+          max_context_tokens=1536,
+          max_new_tokens_per_turn=256,
+          top_p=0.95,
+          top_k=0,
+          max_staleness=0,
+          max_concurrent_episodes=16,
+          tool_timeout_s=30.0,
+          overlong_threshold=1536,
+          # The demo SFT data has no system prompt: its tool listing (~1.1k tokens) would fill the tiny
+          # model's context. The task prompt alone is what the demo model was trained to follow.
+          use_system_prompt=False,
+      )
+  )
   rl.engine = ml_collections.ConfigDict(dict(num_slots=16, max_len=2048, max_prefill_chunk=256))
   rl.sandbox_workers = 2
   rl.get_groups_timeout_s = 0.0  # 0 = wait as long as it takes

@@ -14,6 +14,7 @@ each (77.9 of 95 GiB per chip ahead of time; 2 micro-batches of 2 rows per group
       --config.rl.init_from_sft=gs://.../sft32b
   python -m biomni_jax.tools.aot --config=configs/qwen3_32b_rl.py --topology=v5p:4x4x4
 """
+
 from biomni_jax.config_utils import sibling_config
 
 

@@ -8,6 +8,7 @@ Layout: v5p-128 (64 chips): 16-way FSDP x 4-way context parallelism (13,312 toke
       --config.model.init_from=/path/to/Qwen3-32B --config.tokenizer.path=/path/to/Qwen3-32B
   python -m biomni_jax.tools.aot --config=configs/qwen3_32b_sft.py --topology=v5p:4x4x4
 """
+
 from biomni_jax.config_utils import sibling_config
 
 

@@ -14,6 +14,7 @@ the step peaks at 96.6 GiB per chip, over the 95 GiB of HBM.)
       --config.rl.init_from_sft=gs://.../sft8b
   python -m biomni_jax.tools.aot --config=configs/qwen3_8b_rl.py --topology=v5p:2x4x4
 """
+
 import ml_collections
 
 from biomni_jax.train.optimizer import default_optimizer_config
@@ -28,14 +29,27 @@ def get_config():
   c.model = ml_collections.ConfigDict()
   c.model.preset = "qwen3_8b"
   c.model.init_from = ""
-  c.model.overrides = ml_collections.ConfigDict(dict(
-      dtype="bfloat16", remat_policy="full", attention_impl="auto", logits_chunk=2048,
-      rope_scaling_factor=2.0, rope_original_max_position_embeddings=32_768, max_position_embeddings=65_536))
+  c.model.overrides = ml_collections.ConfigDict(
+      dict(
+          dtype="bfloat16",
+          remat_policy="full",
+          attention_impl="auto",
+          logits_chunk=2048,
+          rope_scaling_factor=2.0,
+          rope_original_max_position_embeddings=32_768,
+          max_position_embeddings=65_536,
+      )
+  )
   c.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=151_936))
 
   rl = c.rl = ml_collections.ConfigDict()
   rl.init_from_sft = ""  # the SFT run's workdir (configs/qwen3_8b_sft.py)
-  rl.task_families = ["sequence_qa", "locus_causal_gene", "rare_disease_diagnosis", "patient_gene_detection"]
+  rl.task_families = [
+      "sequence_qa",
+      "locus_causal_gene",
+      "rare_disease_diagnosis",
+      "patient_gene_detection",
+  ]
   rl.tasks_per_family = 1_100  # ~4.4k task instances
   rl.task_split = "train"
   rl.task_seed = 0
@@ -51,12 +65,33 @@ def get_config():
   rl.logprob_batch_rows = 16
   rl.advantage_estimator = "drgrpo"
   rl.temperature = 0.6
-  rl.loss = ml_collections.ConfigDict(dict(
-      policy_loss="ppo_clip", clip_low=0.2, clip_high=0.28, dual_clip=3.0, tis_cap=None, kl_coef=0.0,
-      kl_estimator="k3", entropy_coef=0.0, aggregation="seq-mean-token-mean", token_sum_norm=None))
-  rl.rollout = ml_collections.ConfigDict(dict(
-      max_turns=64, max_context_tokens=61_440, max_new_tokens_per_turn=4_096, top_p=0.95, top_k=0,
-      max_staleness=0, max_concurrent_episodes=256, tool_timeout_s=1_800.0, overlong_threshold=32_768))
+  rl.loss = ml_collections.ConfigDict(
+      dict(
+          policy_loss="ppo_clip",
+          clip_low=0.2,
+          clip_high=0.28,
+          dual_clip=3.0,
+          tis_cap=None,
+          kl_coef=0.0,
+          kl_estimator="k3",
+          entropy_coef=0.0,
+          aggregation="seq-mean-token-mean",
+          token_sum_norm=None,
+      )
+  )
+  rl.rollout = ml_collections.ConfigDict(
+      dict(
+          max_turns=64,
+          max_context_tokens=61_440,
+          max_new_tokens_per_turn=4_096,
+          top_p=0.95,
+          top_k=0,
+          max_staleness=0,
+          max_concurrent_episodes=256,
+          tool_timeout_s=1_800.0,
+          overlong_threshold=32_768,
+      )
+  )
   rl.engine = ml_collections.ConfigDict(dict(num_slots=64, max_len=65_536, max_prefill_chunk=4_096))
   rl.sandbox_workers = 64
   rl.get_groups_timeout_s = 0.0
@@ -66,7 +101,9 @@ def get_config():
   rl.tensorboard = True
   rl.progress_bar = True
 
-  c.optimizer = default_optimizer_config()  # lr 1e-6 constant, AdamW (0.9, 0.999), wd 0.01, clip 1.0
+  c.optimizer = (
+      default_optimizer_config()
+  )  # lr 1e-6 constant, AdamW (0.9, 0.999), wd 0.01, clip 1.0
   c.optimizer.lr = 1e-6
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=1))

@@ -8,6 +8,7 @@ Layout: v5p-32 (16 chips): 16-way FSDP, one 64k-token sequence per chip, splash 
       --config.model.init_from=/path/to/Qwen3-8B --config.tokenizer.path=/path/to/Qwen3-8B
   python -m biomni_jax.tools.aot --config=configs/qwen3_8b_sft.py --topology=v5p:2x2x4
 """
+
 import ml_collections
 
 from biomni_jax.train.optimizer import default_optimizer_config
@@ -21,10 +22,18 @@ def get_config():
   c.model = ml_collections.ConfigDict()
   c.model.preset = "qwen3_8b"
   c.model.init_from = ""  # the Hugging Face Qwen3-8B directory (config.json + safetensors)
-  c.model.overrides = ml_collections.ConfigDict(dict(
-      dtype="bfloat16", remat_policy="full", attention_impl="auto", logits_chunk=2048,
-      # YaRN: factor 2 over Qwen3's native 32,768 positions = 65,536.
-      rope_scaling_factor=2.0, rope_original_max_position_embeddings=32_768, max_position_embeddings=65_536))
+  c.model.overrides = ml_collections.ConfigDict(
+      dict(
+          dtype="bfloat16",
+          remat_policy="full",
+          attention_impl="auto",
+          logits_chunk=2048,
+          # YaRN: factor 2 over Qwen3's native 32,768 positions = 65,536.
+          rope_scaling_factor=2.0,
+          rope_original_max_position_embeddings=32_768,
+          max_position_embeddings=65_536,
+      )
+  )
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""  # the Qwen3 tokenizer directory (usually the checkpoint directory)

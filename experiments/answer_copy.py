@@ -13,6 +13,7 @@ fraction of answers right in every token. Val instances never share an answer wi
 right id here was read from the context, not memorized. --model is a run's workdir (SFT or RL) or a
 Hugging Face directory (a pipeline's DIR/base).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,11 +22,18 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
-_MODEL = flags.DEFINE_string("model", None, "a run workdir (config.json + checkpoints/) or a Hugging Face dir")
-_WHERE = flags.DEFINE_enum("where", "solution", ["solution", "observation"], "which copy of the answer to score")
+_MODEL = flags.DEFINE_string(
+    "model", None, "a run workdir (config.json + checkpoints/) or a Hugging Face dir"
+)
+_WHERE = flags.DEFINE_enum(
+    "where", "solution", ["solution", "observation"], "which copy of the answer to score"
+)
 _TASKS = flags.DEFINE_integer("tasks_per_family", 20, "val tasks per family")
-_FAMILIES = flags.DEFINE_list("families", ["sequence_qa", "locus_causal_gene", "rare_disease_diagnosis",
-                                           "patient_gene_detection"], "task families")
+_FAMILIES = flags.DEFINE_list(
+    "families",
+    ["sequence_qa", "locus_causal_gene", "rare_disease_diagnosis", "patient_gene_detection"],
+    "task families",
+)
 
 ANSWER_MARK = "answer:\n"
 
@@ -54,14 +62,27 @@ def answer_hits(agent, trajectory, where: str) -> list[int] | None:
   from biomni_jax.model import api
 
   role = "assistant" if where == "solution" else "user"
-  message = next((m for m in reversed(trajectory.messages) if m["role"] == role
-                  and answer_span(m["content"], where)), None)
+  message = next(
+      (
+          m
+          for m in reversed(trajectory.messages)
+          if m["role"] == role and answer_span(m["content"], where)
+      ),
+      None,
+  )
   if message is None:
     return None
   tok, text = agent.tokenizer, message["content"]
   ids, _ = render(trajectory.messages, tok)
   content = tok.encode(text, add_special_tokens=False)
-  start = next((i for i in range(len(ids) - len(content), -1, -1) if list(ids[i:i + len(content)]) == content), None)
+  start = next(
+      (
+          i
+          for i in range(len(ids) - len(content), -1, -1)
+          if list(ids[i : i + len(content)]) == content
+      ),
+      None,
+  )
   if start is None:
     return None
   a, b = answer_span(text, where)
@@ -81,14 +102,26 @@ def main(argv):
   from biomni_jax.eval.agents import load_hf_agent, load_run_agent
 
   if not _MODEL.value or not os.path.isdir(_MODEL.value):
-    raise SystemExit(f"--model: expected a run workdir or a Hugging Face directory, found {_MODEL.value!r}")
+    raise SystemExit(
+        f"--model: expected a run workdir or a Hugging Face directory, found {_MODEL.value!r}"
+    )
   is_run = os.path.isdir(os.path.join(_MODEL.value, "checkpoints"))
   agent = load_run_agent(_MODEL.value) if is_run else load_hf_agent(_MODEL.value)
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "val.jsonl")
     with answer_hiding_pool(2, out_path=path) as pool:
-      generate_sft_data(_FAMILIES.value, "val", _TASKS.value, 2, make_teacher_factory("scripted", mistake_rate=0.3, seed=0),
-                        path, pool, max_turns=8, min_reward=2.0, progress=True)
+      generate_sft_data(
+          _FAMILIES.value,
+          "val",
+          _TASKS.value,
+          2,
+          make_teacher_factory("scripted", mistake_rate=0.3, seed=0),
+          path,
+          pool,
+          max_turns=8,
+          min_reward=2.0,
+          progress=True,
+      )
     trajectories = read_jsonl(path)
   stats: dict[str, list[list[int]]] = {}
   for t in trajectories:
@@ -99,8 +132,10 @@ def main(argv):
   print(f"{agent.source}: teacher-forced answer tokens in the {_WHERE.value}")
   for family, rows in stats.items():
     rest = [h for r in rows for h in r[1:]]
-    print(f"  {family:26s} answers {len(rows):3d}  first token {np.mean([r[0] for r in rows]):.2f}  "
-          f"other tokens {np.mean(rest) if rest else float('nan'):.2f}  whole answer {np.mean([all(r) for r in rows]):.2f}")
+    print(
+        f"  {family:26s} answers {len(rows):3d}  first token {np.mean([r[0] for r in rows]):.2f}  "
+        f"other tokens {np.mean(rest) if rest else float('nan'):.2f}  whole answer {np.mean([all(r) for r in rows]):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ Published numbers (REFERENCE.md section 1): Biomni-R0-32B average 0.669, Biomni-
 model about 0.35; rare disease diagnosis 0.67 (R0) vs 0.03 (base); GWAS variant prioritization 0.74 (R0) vs
 0.16 (base); an independent re-run without the paid web-search tool: R0-32B 0.445, Qwen3-32B 0.221.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,15 +34,30 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from biomni_jax.eval import table  # noqa: E402
 
-EVAL1_TASKS = ("gwas_variant_prioritization", "screen_gene_retrieval", "lab_bench_seqqa", "patient_gene_detection",
-               "gwas_causal_gene_pharmaprojects", "rare_disease_diagnosis", "crispr_delivery", "lab_bench_dbqa",
-               "gwas_causal_gene_opentargets", "gwas_causal_gene_gwas_catalog")
+EVAL1_TASKS = (
+    "gwas_variant_prioritization",
+    "screen_gene_retrieval",
+    "lab_bench_seqqa",
+    "patient_gene_detection",
+    "gwas_causal_gene_pharmaprojects",
+    "rare_disease_diagnosis",
+    "crispr_delivery",
+    "lab_bench_dbqa",
+    "gwas_causal_gene_opentargets",
+    "gwas_causal_gene_gwas_catalog",
+)
 
 # {system: ({task: score}, published average)}
 PAPER: dict[str, tuple[dict[str, float], float]] = {
-    "R0-32B (paper)": ({"rare_disease_diagnosis": 0.67, "gwas_variant_prioritization": 0.74}, 0.669),
+    "R0-32B (paper)": (
+        {"rare_disease_diagnosis": 0.67, "gwas_variant_prioritization": 0.74},
+        0.669,
+    ),
     "R0-8B (paper)": ({}, 0.588),
-    "Qwen3 base (paper)": ({"rare_disease_diagnosis": 0.03, "gwas_variant_prioritization": 0.16}, 0.35),
+    "Qwen3 base (paper)": (
+        {"rare_disease_diagnosis": 0.03, "gwas_variant_prioritization": 0.16},
+        0.35,
+    ),
     "R0-32B (re-run)": ({}, 0.445),
     "Qwen3-32B (re-run)": ({}, 0.221),
 }
@@ -63,11 +79,14 @@ def read_result(path: str) -> tuple[str, dict[str, float]]:
     for name in ("summary.json", "trajectories.jsonl"):
       if os.path.isfile(os.path.join(path, name)):
         return read_result(os.path.join(path, name))
-    raise CompareError(f"{path}: no summary.json or trajectories.jsonl (run python -m biomni_jax.eval --out={path})")
+    raise CompareError(
+        f"{path}: no summary.json or trajectories.jsonl (run python -m biomni_jax.eval --out={path})"
+    )
   if not os.path.isfile(path):
     raise CompareError(f"{path}: no such file or directory")
   if path.endswith(".jsonl"):
     from biomni_jax.eval.harness import read_records, summarize
+
     try:
       summary = summarize(read_records(path))
     except (TypeError, ValueError, KeyError) as e:
@@ -80,13 +99,17 @@ def read_result(path: str) -> tuple[str, dict[str, float]]:
       system = summary.get("system") or os.path.basename(os.path.dirname(os.path.abspath(path)))
       tasks = summary["tasks"]
     except (ValueError, KeyError, AttributeError) as e:
-      raise CompareError(f"{path}: expected a summary.json with 'tasks': {{task: {{'mean': ...}}}}: {e!r}") from None
+      raise CompareError(
+          f"{path}: expected a summary.json with 'tasks': {{task: {{'mean': ...}}}}: {e!r}"
+      ) from None
     summary = {"tasks": tasks}
   scores = {t: float(e["mean"]) for t, e in summary["tasks"].items()}
   unknown = sorted(set(scores) - set(EVAL1_TASKS))
   if unknown:
-    print(f"note: {path}: tasks {unknown} are not Eval1 tasks; they are shown but have no paper numbers",
-          file=sys.stderr)
+    print(
+        f"note: {path}: tasks {unknown} are not Eval1 tasks; they are shown but have no paper numbers",
+        file=sys.stderr,
+    )
   return system, scores
 
 
@@ -98,23 +121,38 @@ def comparison(ours: Mapping[str, Mapping[str, float]]) -> tuple[list[str], list
   rows = []
   for task in tasks:
     best = set(table.winners(scores, task))
-    rows.append([task] + ["-" if task not in scores[s] else f"{scores[s][task]:.3f}{'*' if s in best else ''}"
-                          for s in scores])
+    rows.append(
+        [task]
+        + [
+            "-" if task not in scores[s] else f"{scores[s][task]:.3f}{'*' if s in best else ''}"
+            for s in scores
+        ]
+    )
   average = {s: (sum(v.values()) / len(v) if v else math.nan) for s, v in ours.items()}
   average.update({s: avg for s, (_, avg) in PAPER.items()})
   counts = {s: len(v) for s, v in ours.items()}
-  rows.append(["average"] + [f"{average[s]:.3f}" + (f" ({counts[s]} tasks)" if s in counts and
-                                                    counts[s] < len(EVAL1_TASKS) else "") for s in scores])
+  rows.append(
+      ["average"]
+      + [
+          f"{average[s]:.3f}"
+          + (f" ({counts[s]} tasks)" if s in counts and counts[s] < len(EVAL1_TASKS) else "")
+          for s in scores
+      ]
+  )
   won = table.tasks_won(scores, EVAL1_TASKS)
-  rows.append(["tasks won"] + [f"{won[s]}/{sum(1 for t in tasks if t in scores[s])}" for s in scores])
+  rows.append(
+      ["tasks won"] + [f"{won[s]}/{sum(1 for t in tasks if t in scores[s])}" for s in scores]
+  )
   data = {"scores": scores, "average": average, "tasks_won": won}
   return header, rows, data
 
 
 def format_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-  lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-           for r in [header, *rows]]
+  lines = [
+      "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+      for r in [header, *rows]
+  ]
   rule = "-" * len(lines[0])
   return "\n".join([lines[0], rule, *lines[1:-2], rule, *lines[-2:]])
 
@@ -122,10 +160,18 @@ def format_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def evaluate(kind: str, name: str, path: str, args) -> str:
   """Runs `python -m biomni_jax.eval` for one checkpoint into args.out/name; returns that directory."""
   from biomni_jax.eval.__main__ import parse_args, run
+
   out = os.path.join(args.out, name)
-  argv = [f"--{kind}={path}", f"--data={args.data}", f"--out={out}", f"--n_samples={args.n_samples}",
-          f"--temperature={args.temperature}", f"--max_turns={args.max_turns}",
-          f"--max_new_tokens={args.max_new_tokens}", f"--max_context_tokens={args.max_context_tokens}"]
+  argv = [
+      f"--{kind}={path}",
+      f"--data={args.data}",
+      f"--out={out}",
+      f"--n_samples={args.n_samples}",
+      f"--temperature={args.temperature}",
+      f"--max_turns={args.max_turns}",
+      f"--max_new_tokens={args.max_new_tokens}",
+      f"--max_context_tokens={args.max_context_tokens}",
+  ]
   if args.limit_per_task:
     argv.append(f"--limit_per_task={args.limit_per_task}")
   if args.system_prompt:
@@ -137,24 +183,42 @@ def evaluate(kind: str, name: str, path: str, args) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-  p.add_argument("--results", action="append", default=[], help="[NAME=]eval dir | summary.json | trajectories.jsonl")
-  p.add_argument("--checkpoint", action="append", default=[], help="NAME=RUN_DIR: evaluate a training run")
-  p.add_argument("--hf", action="append", default=[], help="NAME=HF_DIR: evaluate a Hugging Face Qwen3 directory")
+  p.add_argument(
+      "--results",
+      action="append",
+      default=[],
+      help="[NAME=]eval dir | summary.json | trajectories.jsonl",
+  )
+  p.add_argument(
+      "--checkpoint", action="append", default=[], help="NAME=RUN_DIR: evaluate a training run"
+  )
+  p.add_argument(
+      "--hf",
+      action="append",
+      default=[],
+      help="NAME=HF_DIR: evaluate a Hugging Face Qwen3 directory",
+  )
   p.add_argument("--data", help="Eval1 .parquet or .jsonl (needed with --checkpoint / --hf)")
-  p.add_argument("--out", default="compare_paper_out", help="where evaluations and comparison.json go")
+  p.add_argument(
+      "--out", default="compare_paper_out", help="where evaluations and comparison.json go"
+  )
   p.add_argument("--n_samples", type=int, default=1)
   p.add_argument("--limit_per_task", type=int, default=0)
   p.add_argument("--temperature", type=float, default=0.6)
   p.add_argument("--max_turns", type=int, default=48)
   p.add_argument("--max_new_tokens", type=int, default=4096)
   p.add_argument("--max_context_tokens", type=int, default=49_152)
-  p.add_argument("--system_prompt", action="store_true", help="put the protocol's system prompt first")
+  p.add_argument(
+      "--system_prompt", action="store_true", help="put the protocol's system prompt first"
+  )
   args = p.parse_args(argv)
   try:
     results = list(args.results)
     to_evaluate = [("checkpoint", a) for a in args.checkpoint] + [("hf", a) for a in args.hf]
     if to_evaluate and not args.data:
-      raise CompareError("--data (the Eval1 parquet or jsonl) is required to evaluate --checkpoint / --hf")
+      raise CompareError(
+          "--data (the Eval1 parquet or jsonl) is required to evaluate --checkpoint / --hf"
+      )
     if not results and not to_evaluate:
       raise CompareError("nothing to compare: give --results, --checkpoint or --hf")
     for kind, arg in to_evaluate:

@@ -9,6 +9,7 @@ episodes each, through the same rollout pool RL trains with. Each seed runs RL f
 (rl.init_from_sft) with its own task order and sampling seeds, then is evaluated; the margin is the mean
 over seeds of (after - before). Prints one JSON line per evaluation and a final SUMMARY line.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,9 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "RL seeds")
 _STEPS = flags.DEFINE_integer("num_steps", 8, "RL steps (rollout batches) per seed")
 _EVAL_TASKS = flags.DEFINE_integer("eval_tasks_per_family", 8, "val instances per family")
 _EVAL_SAMPLES = flags.DEFINE_integer("eval_samples", 4, "episodes per val instance")
-_OVERRIDES = flags.DEFINE_multi_string("set", [], "extra config overrides key=value (python literals)")
+_OVERRIDES = flags.DEFINE_multi_string(
+    "set", [], "extra config overrides key=value (python literals)"
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -35,7 +38,9 @@ def demo_config(**overrides):
   return load_config_file(REPO / "configs" / "demo_rl.py", overrides)
 
 
-def evaluate(config, params, model_cfg, tokenizer, tasks_per_family: int, samples: int, seed: int) -> dict:
+def evaluate(
+    config, params, model_cfg, tokenizer, tasks_per_family: int, samples: int, seed: int
+) -> dict:
   """Mean success / correctness / format of `samples` episodes on each val instance, via the rollout pool."""
   from biomni_jax.env.sandbox import SandboxPool
   from biomni_jax.rollout.pool import RolloutPool
@@ -43,8 +48,14 @@ def evaluate(config, params, model_cfg, tokenizer, tasks_per_family: int, sample
   from biomni_jax.sharding import ShardingRules, make_mesh
   from biomni_jax.train import rl, rl_metrics
 
-  eval_cfg = demo_config(**{"rl.task_split": "val", "rl.tasks_per_family": tasks_per_family,
-                            "rl.group_size": samples, "seed": seed})
+  eval_cfg = demo_config(
+      **{
+          "rl.task_split": "val",
+          "rl.tasks_per_family": tasks_per_family,
+          "rl.group_size": samples,
+          "seed": seed,
+      }
+  )
   eval_cfg.rl.task_families = list(config.rl.task_families)
   eval_cfg.rl.rollout = config.rl.rollout
   tasks = rl.build_tasks(eval_cfg)
@@ -52,9 +63,15 @@ def evaluate(config, params, model_cfg, tokenizer, tasks_per_family: int, sample
   rollout_cfg = rl.rollout_config(eval_cfg, settings)
   rollout_cfg = type(rollout_cfg)(**{**rollout_cfg.__dict__, "groups_per_batch": len(tasks)})
   sharding = ShardingRules(make_mesh())
-  engine = Engine(model_cfg, rl.copy_params(params), sharding, num_slots=config.rl.engine.num_slots,
-                  max_len=config.rl.engine.max_len, detokenize=tokenizer.decode,
-                  max_prefill_chunk=config.rl.engine.max_prefill_chunk)
+  engine = Engine(
+      model_cfg,
+      rl.copy_params(params),
+      sharding,
+      num_slots=config.rl.engine.num_slots,
+      max_len=config.rl.engine.max_len,
+      detokenize=tokenizer.decode,
+      max_prefill_chunk=config.rl.engine.max_prefill_chunk,
+  )
   sandbox = SandboxPool(max_workers=config.rl.sandbox_workers)
   t0 = time.time()
   try:
@@ -64,9 +81,15 @@ def evaluate(config, params, model_cfg, tokenizer, tasks_per_family: int, sample
     engine.shutdown()
     sandbox.close()
   m = rl_metrics.episode_metrics(groups)
-  return {"success": m["success"], "correctness": m["correctness"], "format": m["format"],
-          "turns": m["turns"], "episodes": m["episodes"], "seconds": time.time() - t0,
-          **{k: v for k, v in m.items() if k.startswith("success/")}}
+  return {
+      "success": m["success"],
+      "correctness": m["correctness"],
+      "format": m["format"],
+      "turns": m["turns"],
+      "episodes": m["episodes"],
+      "seconds": time.time() - t0,
+      **{k: v for k, v in m.items() if k.startswith("success/")},
+  }
 
 
 def main(argv):
@@ -83,27 +106,64 @@ def main(argv):
       overrides[key] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
       overrides[key] = value
-  base = demo_config(**{"rl.init_from_sft": os.path.abspath(_SFT.value), "rl.num_steps": _STEPS.value,
-                        "rl.progress_bar": False, **overrides})
-  model_cfg, sft_params, tokenizer, _ = rl.load_sft_run(base.rl.init_from_sft, ShardingRules(make_mesh()))
+  base = demo_config(
+      **{
+          "rl.init_from_sft": os.path.abspath(_SFT.value),
+          "rl.num_steps": _STEPS.value,
+          "rl.progress_bar": False,
+          **overrides,
+      }
+  )
+  model_cfg, sft_params, tokenizer, _ = rl.load_sft_run(
+      base.rl.init_from_sft, ShardingRules(make_mesh())
+  )
   results = {"before": [], "after": [], "rl_seconds": []}
   for seed in [int(s) for s in _SEEDS.value]:
-    before = evaluate(base, sft_params, model_cfg, tokenizer, _EVAL_TASKS.value, _EVAL_SAMPLES.value, 1000 + seed)
+    before = evaluate(
+        base, sft_params, model_cfg, tokenizer, _EVAL_TASKS.value, _EVAL_SAMPLES.value, 1000 + seed
+    )
     print(json.dumps({"seed": seed, "when": "before", **before}), flush=True)
-    config = demo_config(**{"rl.init_from_sft": base.rl.init_from_sft, "rl.num_steps": _STEPS.value,
-                            "rl.progress_bar": False, "seed": seed, **overrides})
+    config = demo_config(
+        **{
+            "rl.init_from_sft": base.rl.init_from_sft,
+            "rl.num_steps": _STEPS.value,
+            "rl.progress_bar": False,
+            "seed": seed,
+            **overrides,
+        }
+    )
     t0 = time.time()
     summary = rl.train_rl(config, os.path.join(_WORKDIR.value, f"seed{seed}"))
     results["rl_seconds"].append(time.time() - t0)
-    after = evaluate(base, summary["state"].params, model_cfg, tokenizer, _EVAL_TASKS.value, _EVAL_SAMPLES.value,
-                     1000 + seed)
-    print(json.dumps({"seed": seed, "when": "after", "train_rewards": summary["rewards"], **after}), flush=True)
+    after = evaluate(
+        base,
+        summary["state"].params,
+        model_cfg,
+        tokenizer,
+        _EVAL_TASKS.value,
+        _EVAL_SAMPLES.value,
+        1000 + seed,
+    )
+    print(
+        json.dumps({"seed": seed, "when": "after", "train_rewards": summary["rewards"], **after}),
+        flush=True,
+    )
     results["before"].append(before["success"])
     results["after"].append(after["success"])
   margins = np.asarray(results["after"]) - np.asarray(results["before"])
-  print("SUMMARY " + json.dumps({"seeds": _SEEDS.value, "before": results["before"], "after": results["after"],
-                                 "margin_mean": float(margins.mean()), "margin_std": float(margins.std()),
-                                 "rl_seconds": results["rl_seconds"]}))
+  print(
+      "SUMMARY "
+      + json.dumps(
+          {
+              "seeds": _SEEDS.value,
+              "before": results["before"],
+              "after": results["after"],
+              "margin_mean": float(margins.mean()),
+              "margin_std": float(margins.std()),
+              "rl_seconds": results["rl_seconds"],
+          }
+      )
+  )
 
 
 if __name__ == "__main__":

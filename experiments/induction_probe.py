@@ -14,6 +14,7 @@ greedy accuracy on the copyable tokens; chance = 1 / (number of distinct tokens)
 the same rows instead, to tell an implementation fault from a property of the model size and budget.
 This is why the demo agent copies a multiple-choice letter (a distinctive previous token) but not ids.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,13 +31,22 @@ _SEQ = flags.DEFINE_integer("seq_len", 512, "tokens per row")
 _RANGE = flags.DEFINE_list("token_range", ["300", "2048"], "random tokens are drawn from [lo, hi)")
 _PEER = flags.DEFINE_enum("peer", "jax", ["jax", "torch"], "which implementation trains")
 _EVERY = flags.DEFINE_integer("log_every", 25, "steps between log lines")
-_PATTERN = flags.DEFINE_enum("pattern", "spans", ["spans", "periodic"], "content-based or positional copying")
+_PATTERN = flags.DEFINE_enum(
+    "pattern", "spans", ["spans", "periodic"], "content-based or positional copying"
+)
 _PERIOD = flags.DEFINE_integer("period", 32, "segment length of --pattern=periodic")
 
 VOCAB = 2048
 WARMUP = 20
-DEMO_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)
+DEMO_SHAPE = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    tie_word_embeddings=True,
+)
 
 
 def repeated_span_rows(rng, batch: int, seq_len: int, lo: int, hi: int):
@@ -48,7 +58,7 @@ def repeated_span_rows(rng, batch: int, seq_len: int, lo: int, hi: int):
       if len(row) > 40 and rng.random() < 0.5:
         n = int(rng.integers(3, 16))
         start = int(rng.integers(0, len(row) - n))
-        row += row[start:start + n]
+        row += row[start : start + n]
         mask += [0] + [1] * (n - 1)
       else:
         n = int(rng.integers(4, 30))
@@ -76,9 +86,19 @@ def jax_trainer(lr: float, steps: int):
   from biomni_jax.model import api
   from biomni_jax.model.config import PRESETS
 
-  cfg = dataclasses.replace(PRESETS["tiny"], vocab_size=VOCAB, dtype="float32", remat_policy="none",
-                            attention_block_q=128, attention_block_kv=128, logits_chunk=256, **DEMO_SHAPE)
-  opt = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, WARMUP, steps, lr / 10), weight_decay=0.01)
+  cfg = dataclasses.replace(
+      PRESETS["tiny"],
+      vocab_size=VOCAB,
+      dtype="float32",
+      remat_policy="none",
+      attention_block_q=128,
+      attention_block_kv=128,
+      logits_chunk=256,
+      **DEMO_SHAPE,
+  )
+  opt = optax.adamw(
+      optax.warmup_cosine_decay_schedule(0.0, lr, WARMUP, steps, lr / 10), weight_decay=0.01
+  )
   params = api.init_params(cfg, jax.random.key(0))
   state = opt.init(params)
 
@@ -98,6 +118,7 @@ def jax_trainer(lr: float, steps: int):
     nonlocal params, state
     params, state, loss, acc = step(params, state, jnp.asarray(tokens), jnp.asarray(mask))
     return float(loss), float(acc)
+
   return run
 
 
@@ -108,7 +129,9 @@ def torch_trainer(lr: float, steps: int):
   from transformers import Qwen3Config, Qwen3ForCausalLM
 
   torch.manual_seed(0)
-  model = Qwen3ForCausalLM(Qwen3Config(vocab_size=VOCAB, max_position_embeddings=4096, **DEMO_SHAPE))
+  model = Qwen3ForCausalLM(
+      Qwen3Config(vocab_size=VOCAB, max_position_embeddings=4096, **DEMO_SHAPE)
+  )
   opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
 
   def schedule(i):
@@ -116,6 +139,7 @@ def torch_trainer(lr: float, steps: int):
       return (i + 1) / WARMUP
     frac = min(1.0, (i - WARMUP) / (steps - WARMUP))
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
   sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
   def run(tokens, mask):
@@ -128,6 +152,7 @@ def torch_trainer(lr: float, steps: int):
     opt.step()
     sched.step()
     return loss.item(), acc.item()
+
   return run
 
 
@@ -137,7 +162,9 @@ def main(argv):
   if not 0 <= lo < hi <= VOCAB:
     raise SystemExit(f"--token_range: expected 0 <= lo < hi <= {VOCAB}, found {lo},{hi}")
   if _PATTERN.value == "periodic" and not 1 <= _PERIOD.value < _SEQ.value:
-    raise SystemExit(f"--period: expected 1 <= period < seq_len ({_SEQ.value}), found {_PERIOD.value}")
+    raise SystemExit(
+        f"--period: expected 1 <= period < seq_len ({_SEQ.value}), found {_PERIOD.value}"
+    )
   if _STEPS.value <= WARMUP:
     raise SystemExit(f"--steps: expected more than the {WARMUP} warmup steps, found {_STEPS.value}")
   rng = np.random.default_rng(0)
@@ -150,11 +177,25 @@ def main(argv):
       loss, acc = run(*periodic_rows(rng, _BATCH.value, _SEQ.value, lo, hi, _PERIOD.value))
     accs.append(acc)
     if i % _EVERY.value == 0:
-      print(f"step {i:4d}  loss {loss:.3f}  copy acc {acc:.3f}  {time.time() - t0:.0f}s", flush=True)
-  print("RESULT", json.dumps({"peer": _PEER.value, "pattern": _PATTERN.value, "steps": _STEPS.value, "lr": _LR.value,
-                              "distinct_tokens": hi - lo, "chance": round(1 / (hi - lo), 4),
-                              "unigram_loss": round(float(np.log(hi - lo)), 3), "final_loss": round(loss, 3),
-                              "copy_acc_last50": round(float(np.mean(accs[-50:])), 4)}))
+      print(
+          f"step {i:4d}  loss {loss:.3f}  copy acc {acc:.3f}  {time.time() - t0:.0f}s", flush=True
+      )
+  print(
+      "RESULT",
+      json.dumps(
+          {
+              "peer": _PEER.value,
+              "pattern": _PATTERN.value,
+              "steps": _STEPS.value,
+              "lr": _LR.value,
+              "distinct_tokens": hi - lo,
+              "chance": round(1 / (hi - lo), 4),
+              "unigram_loss": round(float(np.log(hi - lo)), 3),
+              "final_loss": round(loss, 3),
+              "copy_acc_last50": round(float(np.mean(accs[-50:])), 4),
+          }
+      ),
+  )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared fixtures. JAX runs on the CPU; the multi-device tests start their own subprocesses."""
+
 import os
 import pathlib
 

@@ -1,6 +1,7 @@
 """mode=pipeline: stages run in order and each is skipped once its marker exists (a failed stage resumes);
 a tiny real run end to end (teacher data, SFT, three evaluations, RL, eval.json, report.html); the full demo
 (slow)."""
+
 import json
 import os
 import pathlib
@@ -29,9 +30,13 @@ def _fake_stages(monkeypatch, calls, fail_at=None):
       if name == fail_at:
         raise RuntimeError(f"{name} failed")
       if name == "report":
-        pipeline.write_json_atomic(os.path.join(workdir, "eval.json"), {"average": {"base": 0.0, "sft": 0.5, "rl": 0.75}})
+        pipeline.write_json_atomic(
+            os.path.join(workdir, "eval.json"), {"average": {"base": 0.0, "sft": 0.5, "rl": 0.75}}
+        )
       return {"stage": name}
+
     return stage
+
   monkeypatch.setattr(pipeline, "STAGE_FUNCTIONS", {name: make(name) for name in pipeline.STAGES})
 
 
@@ -63,7 +68,10 @@ def test_a_failed_stage_leaves_no_marker_and_the_rerun_starts_there(monkeypatch,
 
 def test_stage_configs_split_the_pipeline_config(tmp_path):
   config = demo_config()
-  assert config.pipeline.pretrain.num_steps == 0 and not pipeline.sft_config(config, str(tmp_path)).model.init_from
+  assert (
+      config.pipeline.pretrain.num_steps == 0
+      and not pipeline.sft_config(config, str(tmp_path)).model.init_from
+  )
   pretraining = demo_config(**{"pipeline.pretrain.num_steps": 200})
   with pytest.raises(RuntimeError, match="the pretrained base .* is missing"):
     pipeline.sft_config(pretraining, str(tmp_path))
@@ -71,10 +79,15 @@ def test_stage_configs_split_the_pipeline_config(tmp_path):
   (tmp_path / "base" / "config.json").write_text(json.dumps({"vocab_size": 1234}))
   from_base = pipeline.sft_config(pretraining, str(tmp_path))
   assert from_base.model.init_from == from_base.tokenizer.path == str(tmp_path / "base")
-  assert from_base.model.overrides.vocab_size == 1234 and from_base.model.overrides.hidden_size == 128
+  assert (
+      from_base.model.overrides.vocab_size == 1234 and from_base.model.overrides.hidden_size == 128
+  )
   pre = pipeline.pretrain_config(pretraining, str(tmp_path))
   assert pre.data.format == "documents" and pre.sft.num_steps == 200
-  assert pre.data.train_path == str(tmp_path / "data" / "pretrain_train.jsonl") and "pipeline" not in pre
+  assert (
+      pre.data.train_path == str(tmp_path / "data" / "pretrain_train.jsonl")
+      and "pipeline" not in pre
+  )
   sft = pipeline.sft_config(config, str(tmp_path))
   assert sft.mode == "sft" and "rl" not in sft and "pipeline" not in sft
   assert sft.data.train_path == str(tmp_path / "data" / "sft_train.jsonl")
@@ -86,26 +99,56 @@ def test_stage_configs_split_the_pipeline_config(tmp_path):
 
 def test_unknown_teacher_family_or_sft_override_is_a_config_error(tmp_path):
   from biomni_jax.config_utils import ConfigError
-  with pytest.raises(ConfigError, match="pipeline.sft_overrides.epochs': not a field of section 'sft'"):
+
+  with pytest.raises(
+      ConfigError, match="pipeline.sft_overrides.epochs': not a field of section 'sft'"
+  ):
     pipeline.sft_config(demo_config(**{"pipeline.sft_overrides": {"epochs": 3}}), str(tmp_path))
   with pytest.raises(ConfigError, match="pipeline.teacher.families': unknown \\['nope'\\]"):
     pipeline.run_pipeline(demo_config(**{"pipeline.teacher.families": ["nope"]}), str(tmp_path))
 
 
 TINY = {
-    "mode": "pipeline", "model.overrides.num_hidden_layers": 1, "model.overrides.hidden_size": 64,
-    "model.overrides.intermediate_size": 128, "model.overrides.head_dim": 16, "tokenizer.vocab_size": 600,
-    "sft.num_steps": 2, "sft.batch_size": 2, "sft.seq_len": 512, "sft.progress_bar": False, "sft.tensorboard": False,
-    "sft.async_checkpoint": False, "optimizer.warmup_steps": 1,
-    "rl.task_families": ["sequence_qa"], "rl.tasks_per_family": 2, "rl.num_steps": 1, "rl.num_groups": 1,
-    "rl.group_size": 2, "rl.num_minibatches": 1, "rl.seq_len": 512, "rl.engine.max_len": 512,
-    "rl.engine.num_slots": 2, "rl.rollout.max_turns": 1, "rl.rollout.max_new_tokens_per_turn": 8,
-    "rl.rollout.max_context_tokens": 500, "rl.rollout.overlong_threshold": 500, "rl.progress_bar": False,
-    "rl.tensorboard": False, "rl.async_checkpoint": False, "rl.sandbox_workers": 1,
-    "pipeline.teacher.families": ["sequence_qa"], "pipeline.teacher.train_per_family": 2,
-    "pipeline.teacher.val_per_family": 1, "pipeline.teacher.n_samples": 1, "pipeline.teacher.workers": 1,
-    "pipeline.eval.tasks_per_family": 1, "pipeline.eval.samples": 2, "pipeline.pretrain.num_steps": 2,
-    "pipeline.pretrain.warmup_steps": 1, "pipeline.sft_overrides.num_steps": 2,
+    "mode": "pipeline",
+    "model.overrides.num_hidden_layers": 1,
+    "model.overrides.hidden_size": 64,
+    "model.overrides.intermediate_size": 128,
+    "model.overrides.head_dim": 16,
+    "tokenizer.vocab_size": 600,
+    "sft.num_steps": 2,
+    "sft.batch_size": 2,
+    "sft.seq_len": 512,
+    "sft.progress_bar": False,
+    "sft.tensorboard": False,
+    "sft.async_checkpoint": False,
+    "optimizer.warmup_steps": 1,
+    "rl.task_families": ["sequence_qa"],
+    "rl.tasks_per_family": 2,
+    "rl.num_steps": 1,
+    "rl.num_groups": 1,
+    "rl.group_size": 2,
+    "rl.num_minibatches": 1,
+    "rl.seq_len": 512,
+    "rl.engine.max_len": 512,
+    "rl.engine.num_slots": 2,
+    "rl.rollout.max_turns": 1,
+    "rl.rollout.max_new_tokens_per_turn": 8,
+    "rl.rollout.max_context_tokens": 500,
+    "rl.rollout.overlong_threshold": 500,
+    "rl.progress_bar": False,
+    "rl.tensorboard": False,
+    "rl.async_checkpoint": False,
+    "rl.sandbox_workers": 1,
+    "pipeline.teacher.families": ["sequence_qa"],
+    "pipeline.teacher.train_per_family": 2,
+    "pipeline.teacher.val_per_family": 1,
+    "pipeline.teacher.n_samples": 1,
+    "pipeline.teacher.workers": 1,
+    "pipeline.eval.tasks_per_family": 1,
+    "pipeline.eval.samples": 2,
+    "pipeline.pretrain.num_steps": 2,
+    "pipeline.pretrain.warmup_steps": 1,
+    "pipeline.sft_overrides.num_steps": 2,
 }
 
 
@@ -123,22 +166,43 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   for name in pipeline.STAGES:
     assert pipeline.read_marker(workdir, name), name
   # The base model is the pretrained run, exported; SFT starts from it (same tokenizer and vocabulary).
-  docs = [json.loads(l)["text"] for l in open(os.path.join(workdir, "data", "pretrain_train.jsonl"))]
+  docs = [
+      json.loads(l)["text"] for l in open(os.path.join(workdir, "data", "pretrain_train.jsonl"))
+  ]
   kept = sum(1 for _ in open(os.path.join(workdir, "data", "sft_train.jsonl")))
-  assert len(docs) == kept >= 1 and all("<solution>" not in d and "<execute>" not in d for d in docs)
+  assert len(docs) == kept >= 1 and all(
+      "<solution>" not in d and "<execute>" not in d for d in docs
+  )
   base = pipeline.base_agent(workdir)
   assert base.source == os.path.join(workdir, "base")
   from biomni_jax.eval.agents import load_run_agent
+
   pretrained = load_run_agent(os.path.join(workdir, "pretrain"))
   for a, b in zip(jax.tree.leaves(pretrained.params), jax.tree.leaves(base.params)):
     np.testing.assert_array_equal(a, b)
   sft_config = json.load(open(os.path.join(workdir, "sft", "config.json")))
-  assert sft_config["model"]["init_from"] == sft_config["tokenizer"]["path"] == os.path.join(workdir, "base")
-  sft, rl = load_run_agent(os.path.join(workdir, "sft")), load_run_agent(os.path.join(workdir, "rl"))
-  assert rl.source.endswith("rl@1") and sft.source.endswith("sft@2") and rl.model_config == sft.model_config
-  assert rl.params["embed_tokens"]["embedding"].shape == sft.params["embed_tokens"]["embedding"].shape
-  relative = load_run_agent(os.path.relpath(os.path.join(workdir, "sft")))  # a relative workdir loads too
-  np.testing.assert_array_equal(relative.params["embed_tokens"]["embedding"], sft.params["embed_tokens"]["embedding"])
+  assert (
+      sft_config["model"]["init_from"]
+      == sft_config["tokenizer"]["path"]
+      == os.path.join(workdir, "base")
+  )
+  sft, rl = load_run_agent(os.path.join(workdir, "sft")), load_run_agent(
+      os.path.join(workdir, "rl")
+  )
+  assert (
+      rl.source.endswith("rl@1")
+      and sft.source.endswith("sft@2")
+      and rl.model_config == sft.model_config
+  )
+  assert (
+      rl.params["embed_tokens"]["embedding"].shape == sft.params["embed_tokens"]["embedding"].shape
+  )
+  relative = load_run_agent(
+      os.path.relpath(os.path.join(workdir, "sft"))
+  )  # a relative workdir loads too
+  np.testing.assert_array_equal(
+      relative.params["embed_tokens"]["embedding"], sft.params["embed_tokens"]["embedding"]
+  )
   t0 = time.monotonic()
   pipeline.run_pipeline(demo_config(**TINY), workdir)  # resumes: every stage is done
   assert time.monotonic() - t0 < 5
@@ -149,8 +213,19 @@ def test_full_demo_command(tmp_path):
   """The README's first command; held-out success should rise base -> SFT -> RL (reported, not asserted:
   with 48 held-out episodes the RL margin is within noise)."""
   t0 = time.monotonic()
-  proc = subprocess.run([sys.executable, "-m", "biomni_jax.main", "--config=configs/demo.py",
-                         f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=1800)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "biomni_jax.main",
+          "--config=configs/demo.py",
+          f"--workdir={tmp_path}",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=1800,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   wall = time.monotonic() - t0
   result = json.load(open(tmp_path / "eval.json"))

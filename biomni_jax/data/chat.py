@@ -48,136 +48,153 @@ ROLES = ("system", "user", "assistant")
 
 
 class Segment(NamedTuple):
-    """A run of tokens with their loss mask; both int32 [T]."""
+  """A run of tokens with their loss mask; both int32 [T]."""
 
-    ids: np.ndarray
-    loss_mask: np.ndarray
+  ids: np.ndarray
+  loss_mask: np.ndarray
 
 
 def _segment(ids: Sequence[int], mask_value: int) -> Segment:
-    ids = np.asarray(ids, dtype=np.int32).reshape(-1)
-    return Segment(ids, np.full(ids.shape, mask_value, dtype=np.int32))
+  ids = np.asarray(ids, dtype=np.int32).reshape(-1)
+  return Segment(ids, np.full(ids.shape, mask_value, dtype=np.int32))
 
 
 def _concat(segments: Sequence[Segment]) -> Segment:
-    if not segments:
-        return _segment([], 0)
-    return Segment(np.concatenate([s.ids for s in segments]),
-                   np.concatenate([s.loss_mask for s in segments]))
+  if not segments:
+    return _segment([], 0)
+  return Segment(
+      np.concatenate([s.ids for s in segments]), np.concatenate([s.loss_mask for s in segments])
+  )
 
 
 def validate_message(message: Any, where: str) -> None:
-    """Raise ValueError naming `where` (e.g. 'messages[3]') and the bad field of a chat message."""
-    if not isinstance(message, Mapping):
-        raise ValueError(f"{where}: expected a mapping with 'role' and 'content', "
-                         f"found {type(message).__name__}")
-    if "role" not in message:
-        raise ValueError(f"{where}.role: missing (expected one of {ROLES})")
-    if message["role"] not in ROLES:
-        raise ValueError(f"{where}.role: expected one of {ROLES}, found {message['role']!r}")
-    if "content" not in message:
-        raise ValueError(f"{where}.content: missing")
-    content = message["content"]
-    if not isinstance(content, str):
-        raise ValueError(f"{where}.content: expected a string, found {type(content).__name__}")
-    if not content:
-        raise ValueError(f"{where}.content: expected non-empty text, found an empty string")
-    token_ids = message.get("token_ids")
-    if token_ids is not None:
-        arr = np.asarray(token_ids)
-        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{where}.token_ids: expected a non-empty 1-D list of ints, "
-                             f"found shape {arr.shape} dtype {arr.dtype}")
+  """Raise ValueError naming `where` (e.g. 'messages[3]') and the bad field of a chat message."""
+  if not isinstance(message, Mapping):
+    raise ValueError(
+        f"{where}: expected a mapping with 'role' and 'content', " f"found {type(message).__name__}"
+    )
+  if "role" not in message:
+    raise ValueError(f"{where}.role: missing (expected one of {ROLES})")
+  if message["role"] not in ROLES:
+    raise ValueError(f"{where}.role: expected one of {ROLES}, found {message['role']!r}")
+  if "content" not in message:
+    raise ValueError(f"{where}.content: missing")
+  content = message["content"]
+  if not isinstance(content, str):
+    raise ValueError(f"{where}.content: expected a string, found {type(content).__name__}")
+  if not content:
+    raise ValueError(f"{where}.content: expected non-empty text, found an empty string")
+  token_ids = message.get("token_ids")
+  if token_ids is not None:
+    arr = np.asarray(token_ids)
+    if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+      raise ValueError(
+          f"{where}.token_ids: expected a non-empty 1-D list of ints, "
+          f"found shape {arr.shape} dtype {arr.dtype}"
+      )
 
 
 class ChatRenderer:
-    """Renders Qwen3 chat messages to token ids and loss masks with one tokenizer.
+  """Renders Qwen3 chat messages to token ids and loss masks with one tokenizer.
 
-    Holds the ids of the control tokens and of the fixed text pieces, computed once.
-    Works with a real Qwen3 tokenizer directory and with the embedded tokenizer.
+  Holds the ids of the control tokens and of the fixed text pieces, computed once.
+  Works with a real Qwen3 tokenizer directory and with the embedded tokenizer.
+  """
+
+  def __init__(self, tokenizer):
+    self.tokenizer = tokenizer
+    self.im_start = self._single_token(IM_START)
+    self.im_end = self._single_token(IM_END)
+    self.newline = tuple(self.encode("\n"))
+    self._role_ids = {role: tuple(self.encode(role)) for role in ROLES}
+
+  def _single_token(self, text: str) -> int:
+    ids = self.encode(text)
+    if len(ids) != 1:
+      raise ValueError(
+          f"ChatRenderer: expected {text!r} to be a single token of the tokenizer, "
+          f"found ids {ids}"
+      )
+    return ids[0]
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text` alone, without BOS/EOS additions."""
+    return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+  def header(self, role: str) -> Segment:
+    """`<|im_start|>{role}\\n`, mask 0."""
+    return _segment((self.im_start, *self._role_ids[role], *self.newline), 0)
+
+  def turn_suffix(self, sampled_eos: bool = False) -> Segment:
+    """Closes an assistant reply: `<|im_end|>` (mask 1) then `\\n` (mask 0).
+
+    With `sampled_eos` the reply's ids already end in `<|im_end|>`; only `\\n` is returned.
     """
+    newline = _segment(self.newline, 0)
+    return newline if sampled_eos else _concat([_segment([self.im_end], 1), newline])
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.im_start = self._single_token(IM_START)
-        self.im_end = self._single_token(IM_END)
-        self.newline = tuple(self.encode("\n"))
-        self._role_ids = {role: tuple(self.encode(role)) for role in ROLES}
+  def message(self, message: Mapping[str, Any], where: str = "message") -> Segment:
+    """One full turn `<|im_start|>role\\n{content}<|im_end|>\\n` with its loss mask."""
+    validate_message(message, where)
+    role = message["role"]
+    is_assistant = int(role == "assistant")
+    if message.get("token_ids") is not None:
+      body = list(np.asarray(message["token_ids"]).tolist())
+    else:
+      body = self.encode(message["content"])
+    return _concat(
+        [
+            self.header(role),
+            _segment(body, is_assistant),
+            _segment([self.im_end], is_assistant),
+            _segment(self.newline, 0),
+        ]
+    )
 
-    def _single_token(self, text: str) -> int:
-        ids = self.encode(text)
-        if len(ids) != 1:
-            raise ValueError(f"ChatRenderer: expected {text!r} to be a single token of the tokenizer, "
-                             f"found ids {ids}")
-        return ids[0]
+  def render(
+      self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False
+  ) -> Segment:
+    """All messages -> (ids int32 [T], loss_mask int32 [T]); optionally + `<|im_start|>assistant\\n`."""
+    if not messages:
+      raise ValueError("render: expected at least one message, found none")
+    parts = [self.message(m, f"messages[{i}]") for i, m in enumerate(messages)]
+    if add_generation_prompt:
+      parts.append(self.header("assistant"))
+    return _concat(parts)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text` alone, without BOS/EOS additions."""
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+  def prompt_ids(self, messages: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Everything up to and including `<|im_start|>assistant\\n`: what the sampler is fed. int32 [T]."""
+    return self.render(messages, add_generation_prompt=True).ids
 
-    def header(self, role: str) -> Segment:
-        """`<|im_start|>{role}\\n`, mask 0."""
-        return _segment((self.im_start, *self._role_ids[role], *self.newline), 0)
+  def observation(self, text: str, sampled_eos: bool = False) -> Segment:
+    """Appended after a sampled reply: turn suffix + the user turn `text` + the next assistant header.
 
-    def turn_suffix(self, sampled_eos: bool = False) -> Segment:
-        """Closes an assistant reply: `<|im_end|>` (mask 1) then `\\n` (mask 0).
-
-        With `sampled_eos` the reply's ids already end in `<|im_end|>`; only `\\n` is returned.
-        """
-        newline = _segment(self.newline, 0)
-        return newline if sampled_eos else _concat([_segment([self.im_end], 1), newline])
-
-    def message(self, message: Mapping[str, Any], where: str = "message") -> Segment:
-        """One full turn `<|im_start|>role\\n{content}<|im_end|>\\n` with its loss mask."""
-        validate_message(message, where)
-        role = message["role"]
-        is_assistant = int(role == "assistant")
-        if message.get("token_ids") is not None:
-            body = list(np.asarray(message["token_ids"]).tolist())
-        else:
-            body = self.encode(message["content"])
-        return _concat([self.header(role), _segment(body, is_assistant),
-                        _segment([self.im_end], is_assistant), _segment(self.newline, 0)])
-
-    def render(self, messages: Sequence[Mapping[str, Any]],
-               add_generation_prompt: bool = False) -> Segment:
-        """All messages -> (ids int32 [T], loss_mask int32 [T]); optionally + `<|im_start|>assistant\\n`."""
-        if not messages:
-            raise ValueError("render: expected at least one message, found none")
-        parts = [self.message(m, f"messages[{i}]") for i, m in enumerate(messages)]
-        if add_generation_prompt:
-            parts.append(self.header("assistant"))
-        return _concat(parts)
-
-    def prompt_ids(self, messages: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Everything up to and including `<|im_start|>assistant\\n`: what the sampler is fed. int32 [T]."""
-        return self.render(messages, add_generation_prompt=True).ids
-
-    def observation(self, text: str, sampled_eos: bool = False) -> Segment:
-        """Appended after a sampled reply: turn suffix + the user turn `text` + the next assistant header.
-
-        Mask: 1 on the closing `<|im_end|>` of the reply (absent if `sampled_eos`), 0 elsewhere.
-        """
-        return _concat([self.turn_suffix(sampled_eos),
-                        self.message({"role": "user", "content": text}, "observation"),
-                        self.header("assistant")])
+    Mask: 1 on the closing `<|im_end|>` of the reply (absent if `sampled_eos`), 0 elsewhere.
+    """
+    return _concat(
+        [
+            self.turn_suffix(sampled_eos),
+            self.message({"role": "user", "content": text}, "observation"),
+            self.header("assistant"),
+        ]
+    )
 
 
 def render(messages: Sequence[Mapping[str, Any]], tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """Render a conversation: (ids int32 [T], loss_mask int32 [T]). See the module docstring."""
-    return tuple(ChatRenderer(tokenizer).render(messages))
+  """Render a conversation: (ids int32 [T], loss_mask int32 [T]). See the module docstring."""
+  return tuple(ChatRenderer(tokenizer).render(messages))
 
 
 def prompt_ids(messages: Sequence[Mapping[str, Any]], tokenizer) -> np.ndarray:
-    """Ids of `messages` followed by `<|im_start|>assistant\\n`, int32 [T]."""
-    return ChatRenderer(tokenizer).prompt_ids(messages)
+  """Ids of `messages` followed by `<|im_start|>assistant\\n`, int32 [T]."""
+  return ChatRenderer(tokenizer).prompt_ids(messages)
 
 
 def turn_suffix_ids(tokenizer, sampled_eos: bool = False) -> Segment:
-    """`<|im_end|>\\n` closing a sampled reply (mask [1, 0]); only `\\n` when `sampled_eos`."""
-    return ChatRenderer(tokenizer).turn_suffix(sampled_eos)
+  """`<|im_end|>\\n` closing a sampled reply (mask [1, 0]); only `\\n` when `sampled_eos`."""
+  return ChatRenderer(tokenizer).turn_suffix(sampled_eos)
 
 
 def observation_ids(text: str, tokenizer, sampled_eos: bool = False) -> Segment:
-    """`<|im_end|>\\n<|im_start|>user\\n{text}<|im_end|>\\n<|im_start|>assistant\\n` with its mask."""
-    return ChatRenderer(tokenizer).observation(text, sampled_eos)
+  """`<|im_end|>\\n<|im_start|>user\\n{text}<|im_end|>\\n<|im_start|>assistant\\n` with its mask."""
+  return ChatRenderer(tokenizer).observation(text, sampled_eos)

@@ -25,8 +25,10 @@ def read_documents(path: str) -> list[str]:
   texts = []
   for where, row in jsonl_rows(path):
     if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
-      raise ValueError(f"{where}: expected an object with a non-empty string field 'text', found "
-                       f"{str(row)[:80]!r}")
+      raise ValueError(
+          f"{where}: expected an object with a non-empty string field 'text', found "
+          f"{str(row)[:80]!r}"
+      )
     texts.append(row["text"])
   if not texts:
     raise ValueError(f"{path}: no documents")

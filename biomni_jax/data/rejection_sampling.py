@@ -55,57 +55,70 @@ MANIFEST_SUFFIX = ".tasks.jsonl"
 
 @dataclasses.dataclass(frozen=True)
 class FamilyEnvironment:
-    """What a rollout of one family needs: tool import strings for the sandbox and the system prompt."""
+  """What a rollout of one family needs: tool import strings for the sandbox and the system prompt."""
 
-    family: TaskFamily
-    tools: tuple[str, ...]
-    system: str
+  family: TaskFamily
+  tools: tuple[str, ...]
+  system: str
 
 
-def family_environment(family: TaskFamily, extra_tools: Sequence[str] = COMMON_TOOLS,
-                       cfg: protocol.ProtocolConfig = protocol.DEFAULT_CONFIG) -> FamilyEnvironment:
-    """The family's tools plus extra_tools (deduplicated, in order) and the system prompt listing them."""
-    names = list(dict.fromkeys([*family.tools, *extra_tools]))
-    specs = tool_specs(names)
-    return FamilyEnvironment(family, tuple(import_strings(specs)), protocol.system_prompt(tools=specs, cfg=cfg))
+def family_environment(
+    family: TaskFamily,
+    extra_tools: Sequence[str] = COMMON_TOOLS,
+    cfg: protocol.ProtocolConfig = protocol.DEFAULT_CONFIG,
+) -> FamilyEnvironment:
+  """The family's tools plus extra_tools (deduplicated, in order) and the system prompt listing them."""
+  names = list(dict.fromkeys([*family.tools, *extra_tools]))
+  specs = tool_specs(names)
+  return FamilyEnvironment(
+      family, tuple(import_strings(specs)), protocol.system_prompt(tools=specs, cfg=cfg)
+  )
 
 
 def open_session(pool: Any, env: FamilyEnvironment, instance: TaskInstance):
-    """A session of `pool` with the family's tools and, when the task has inputs, `task_inputs` bound."""
-    setup_code = sandbox_setup_code(instance)
-    if setup_code:
-        return pool.open(tools=list(env.tools), setup_code=setup_code)
-    return pool.open(tools=list(env.tools))
+  """A session of `pool` with the family's tools and, when the task has inputs, `task_inputs` bound."""
+  setup_code = sandbox_setup_code(instance)
+  if setup_code:
+    return pool.open(tools=list(env.tools), setup_code=setup_code)
+  return pool.open(tools=list(env.tools))
 
 
-def answer_hiding_pool(max_workers: int = 2, out_path: str | None = None, extra_hidden: Sequence[str] = (),
-                       **pool_kwargs):
-    """A SandboxPool whose sessions cannot read the project, its shared data dir, or the output dir.
+def answer_hiding_pool(
+    max_workers: int = 2,
+    out_path: str | None = None,
+    extra_hidden: Sequence[str] = (),
+    **pool_kwargs,
+):
+  """A SandboxPool whose sessions cannot read the project, its shared data dir, or the output dir.
 
-    The shared data dir (`<checkout>/../shared/data`, Eval1 answers) and the output file's
-    directory (kept trajectories carry answers) join the pool's default hidden paths when they
-    exist; a directory holding the Python runtime is never hidden (sessions need it).
-    Tool modules are preloaded so that opening a session costs no import time.
-    """
-    from biomni_jax.env.sandbox import SandboxPool
-    from biomni_jax.env.sandbox.pool import default_hidden_paths
+  The shared data dir (`<checkout>/../shared/data`, Eval1 answers) and the output file's
+  directory (kept trajectories carry answers) join the pool's default hidden paths when they
+  exist; a directory holding the Python runtime is never hidden (sessions need it).
+  Tool modules are preloaded so that opening a session costs no import time.
+  """
+  from biomni_jax.env.sandbox import SandboxPool
+  from biomni_jax.env.sandbox.pool import default_hidden_paths
 
-    hidden = list(default_hidden_paths())
-    shared_data = os.path.join(os.path.dirname(hidden[0]), "shared", "data")
-    candidates = [shared_data, *extra_hidden]
-    if out_path is not None:
-        candidates.append(os.path.dirname(os.path.abspath(out_path)))
-    runtime = [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable))]
-    for path in candidates:
-        real = os.path.realpath(path)
-        if not os.path.isdir(real) or real in hidden:
-            continue
-        if any(r == real or r.startswith(real.rstrip("/") + "/") for r in runtime):
-            log.warning("answer_hiding_pool: not hiding %s: it holds the Python runtime", real)
-            continue
-        hidden.append(real)
-    pool_kwargs.setdefault("preload", ["biomni_jax.env.tools.knowledge_tools", "biomni_jax.env.tools.sequence_tools"])
-    return SandboxPool(max_workers=max_workers, hidden_paths=hidden, **pool_kwargs)
+  hidden = list(default_hidden_paths())
+  shared_data = os.path.join(os.path.dirname(hidden[0]), "shared", "data")
+  candidates = [shared_data, *extra_hidden]
+  if out_path is not None:
+    candidates.append(os.path.dirname(os.path.abspath(out_path)))
+  runtime = [
+      os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable))
+  ]
+  for path in candidates:
+    real = os.path.realpath(path)
+    if not os.path.isdir(real) or real in hidden:
+      continue
+    if any(r == real or r.startswith(real.rstrip("/") + "/") for r in runtime):
+      log.warning("answer_hiding_pool: not hiding %s: it holds the Python runtime", real)
+      continue
+    hidden.append(real)
+  pool_kwargs.setdefault(
+      "preload", ["biomni_jax.env.tools.knowledge_tools", "biomni_jax.env.tools.sequence_tools"]
+  )
+  return SandboxPool(max_workers=max_workers, hidden_paths=hidden, **pool_kwargs)
 
 
 # ----------------------------------------------------------------------------- candidates and selection
@@ -113,145 +126,205 @@ def answer_hiding_pool(max_workers: int = 2, out_path: str | None = None, extra_
 
 @dataclasses.dataclass
 class Candidate:
-    """One rollout of one task. reward = rewards["correctness"] + rewards["format"]; error: why it failed."""
+  """One rollout of one task. reward = rewards["correctness"] + rewards["format"]; error: why it failed."""
 
-    sample_index: int
-    episode: Episode | None
-    rewards: dict[str, float]
-    reward: float
-    official_grade: float
-    seconds: float
-    error: str | None = None
+  sample_index: int
+  episode: Episode | None
+  rewards: dict[str, float]
+  reward: float
+  official_grade: float
+  seconds: float
+  error: str | None = None
 
-    @property
-    def length(self) -> int:
-        """Characters in the whole conversation (the tie-breaker: shorter wins)."""
-        return sum(len(m["content"]) for m in self.episode.messages) if self.episode else 0
+  @property
+  def length(self) -> int:
+    """Characters in the whole conversation (the tie-breaker: shorter wins)."""
+    return sum(len(m["content"]) for m in self.episode.messages) if self.episode else 0
 
-    @property
-    def writable(self) -> bool:
-        """A trajectory record needs non-empty message contents (an empty teacher reply has none)."""
-        return self.error is None and self.episode is not None and all(m["content"] for m in self.episode.messages)
+  @property
+  def writable(self) -> bool:
+    """A trajectory record needs non-empty message contents (an empty teacher reply has none)."""
+    return (
+        self.error is None
+        and self.episode is not None
+        and all(m["content"] for m in self.episode.messages)
+    )
 
 
-def score_episode(family: TaskFamily, instance: TaskInstance, episode: Episode,
-                  cfg: protocol.ProtocolConfig = protocol.DEFAULT_CONFIG) -> tuple[dict[str, float], float, float]:
-    """(rewards {"correctness", "format"}, reward = their sum, official grade) of a finished episode."""
-    solved = episode.solution is not None
-    correctness = float(family.reward(episode.solution, instance.answer)) if solved else 0.0
-    grade = float(family.grade(episode.solution, instance.answer)) if solved else 0.0
-    fmt = float(protocol.format_reward(episode.assistant_messages, cfg))
-    return {"correctness": correctness, "format": fmt}, correctness + fmt, grade
+def score_episode(
+    family: TaskFamily,
+    instance: TaskInstance,
+    episode: Episode,
+    cfg: protocol.ProtocolConfig = protocol.DEFAULT_CONFIG,
+) -> tuple[dict[str, float], float, float]:
+  """(rewards {"correctness", "format"}, reward = their sum, official grade) of a finished episode."""
+  solved = episode.solution is not None
+  correctness = float(family.reward(episode.solution, instance.answer)) if solved else 0.0
+  grade = float(family.grade(episode.solution, instance.answer)) if solved else 0.0
+  fmt = float(protocol.format_reward(episode.assistant_messages, cfg))
+  return {"correctness": correctness, "format": fmt}, correctness + fmt, grade
 
 
 def select_best(candidates: Sequence[Candidate]) -> Candidate | None:
-    """The writable candidate with the highest reward; ties: shortest, then lowest sample index."""
-    eligible = [c for c in candidates if c.writable]
-    if not eligible:
-        return None
-    return min(eligible, key=lambda c: (-c.reward, c.length, c.sample_index))
+  """The writable candidate with the highest reward; ties: shortest, then lowest sample index."""
+  eligible = [c for c in candidates if c.writable]
+  if not eligible:
+    return None
+  return min(eligible, key=lambda c: (-c.reward, c.length, c.sample_index))
 
 
-def run_candidate(env: FamilyEnvironment, instance: TaskInstance, sample_index: int, teacher_factory: TeacherFactory,
-                  pool: Any, cfg: protocol.ProtocolConfig, max_turns: int, timeout_s: float) -> Candidate:
-    """One rollout in a fresh session of `pool`. Errors become a failed Candidate; fatal teacher errors raise."""
-    start = time.monotonic()
+def run_candidate(
+    env: FamilyEnvironment,
+    instance: TaskInstance,
+    sample_index: int,
+    teacher_factory: TeacherFactory,
+    pool: Any,
+    cfg: protocol.ProtocolConfig,
+    max_turns: int,
+    timeout_s: float,
+) -> Candidate:
+  """One rollout in a fresh session of `pool`. Errors become a failed Candidate; fatal teacher errors raise."""
+  start = time.monotonic()
+  try:
+    teacher = teacher_factory(instance, sample_index)
+    session = open_session(pool, env, instance)
     try:
-        teacher = teacher_factory(instance, sample_index)
-        session = open_session(pool, env, instance)
-        try:
-            episode = run_episode(teacher, instance.prompt, session, cfg=cfg, max_turns=max_turns, system=env.system,
-                                  timeout_s=timeout_s)
-        finally:
-            session.close()
-    except TeacherError as error:
-        if error.fatal:
-            raise
-        return Candidate(sample_index, None, {}, 0.0, 0.0, time.monotonic() - start, f"teacher: {error}")
-    except Exception as error:  # a sandbox that failed to open, an agent that crashed: retried on restart
-        return Candidate(sample_index, None, {}, 0.0, 0.0, time.monotonic() - start,
-                         f"{type(error).__name__}: {error}")
-    rewards, reward, grade = score_episode(env.family, instance, episode, cfg)
-    return Candidate(sample_index, episode, rewards, reward, grade, time.monotonic() - start)
+      episode = run_episode(
+          teacher,
+          instance.prompt,
+          session,
+          cfg=cfg,
+          max_turns=max_turns,
+          system=env.system,
+          timeout_s=timeout_s,
+      )
+    finally:
+      session.close()
+  except TeacherError as error:
+    if error.fatal:
+      raise
+    return Candidate(
+        sample_index, None, {}, 0.0, 0.0, time.monotonic() - start, f"teacher: {error}"
+    )
+  except (
+      Exception
+  ) as error:  # a sandbox that failed to open, an agent that crashed: retried on restart
+    return Candidate(
+        sample_index,
+        None,
+        {},
+        0.0,
+        0.0,
+        time.monotonic() - start,
+        f"{type(error).__name__}: {error}",
+    )
+  rewards, reward, grade = score_episode(env.family, instance, episode, cfg)
+  return Candidate(sample_index, episode, rewards, reward, grade, time.monotonic() - start)
 
 
-def trajectory_of(instance: TaskInstance, best: Candidate, candidates: Sequence[Candidate], teacher: str) -> Trajectory:
-    """The record of a kept candidate: its messages, task metadata, rewards and those of all candidates."""
-    ep = best.episode
-    metadata = json.loads(json.dumps(instance.metadata, default=str))
-    return Trajectory(
-        messages=[dict(m) for m in ep.messages],
-        task={"task_name": instance.task_name, "instance_id": instance.instance_id, "split": instance.split,
-              "answer": instance.answer, "metadata": metadata},
-        reward=best.reward, rewards=dict(best.rewards),
-        info={"n": len(candidates), "candidate_rewards": [c.reward for c in candidates],
-              "selected_index": best.sample_index, "official_grade": best.official_grade,
-              "termination": ep.termination, "turns": ep.turns, "parse_errors": ep.parse_errors,
-              "teacher": teacher})
+def trajectory_of(
+    instance: TaskInstance, best: Candidate, candidates: Sequence[Candidate], teacher: str
+) -> Trajectory:
+  """The record of a kept candidate: its messages, task metadata, rewards and those of all candidates."""
+  ep = best.episode
+  metadata = json.loads(json.dumps(instance.metadata, default=str))
+  return Trajectory(
+      messages=[dict(m) for m in ep.messages],
+      task={
+          "task_name": instance.task_name,
+          "instance_id": instance.instance_id,
+          "split": instance.split,
+          "answer": instance.answer,
+          "metadata": metadata,
+      },
+      reward=best.reward,
+      rewards=dict(best.rewards),
+      info={
+          "n": len(candidates),
+          "candidate_rewards": [c.reward for c in candidates],
+          "selected_index": best.sample_index,
+          "official_grade": best.official_grade,
+          "termination": ep.termination,
+          "turns": ep.turns,
+          "parse_errors": ep.parse_errors,
+          "teacher": teacher,
+      },
+  )
 
 
 # ----------------------------------------------------------------------------- resumable storage
 
 
 def manifest_path(out_path: str | os.PathLike) -> str:
-    return os.fspath(out_path) + MANIFEST_SUFFIX
+  return os.fspath(out_path) + MANIFEST_SUFFIX
 
 
 def _read_rows(path: str) -> list[dict]:
-    """JSON rows of a jsonl file written by appending; a torn last line (a kill mid-write) is cut off."""
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
-    rows = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if lineno == len(lines):  # the unterminated last line
-                log.warning("%s: cutting off a torn last line (%d bytes)", path, len(line))
-                with open(path, "r+b") as f:
-                    f.truncate(len(data) - len(line))
-                break
-            raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg}); expected one record per line") from None
-    return rows
+  """JSON rows of a jsonl file written by appending; a torn last line (a kill mid-write) is cut off."""
+  if not os.path.exists(path):
+    return []
+  with open(path, "rb") as f:
+    data = f.read()
+  lines = data.split(b"\n")
+  rows = []
+  for lineno, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if lineno == len(lines):  # the unterminated last line
+        log.warning("%s: cutting off a torn last line (%d bytes)", path, len(line))
+        with open(path, "r+b") as f:
+          f.truncate(len(data) - len(line))
+        break
+      raise ValueError(
+          f"{path}:{lineno}: invalid JSON ({e.msg}); expected one record per line"
+      ) from None
+  return rows
 
 
 def _task_key(task: dict, where: str) -> tuple[str, str]:
-    try:
-        return (task["task_name"], task["instance_id"])
-    except (KeyError, TypeError):
-        raise ValueError(f"{where}: expected a task with 'task_name' and 'instance_id', found {task!r:.200}") from None
+  try:
+    return (task["task_name"], task["instance_id"])
+  except (KeyError, TypeError):
+    raise ValueError(
+        f"{where}: expected a task with 'task_name' and 'instance_id', found {task!r:.200}"
+    ) from None
 
 
 def load_finished(out_path: str | os.PathLike) -> dict[tuple[str, str], dict]:
-    """Finished tasks: (task_name, instance_id) -> manifest row. Tasks kept in `out_path` but missing
-    from the manifest (a kill between the two writes) get their manifest row written now."""
-    out_path = os.fspath(out_path)
-    manifest = manifest_path(out_path)
-    finished = {_task_key(row, manifest): row for row in _read_rows(manifest)}
-    for row in _read_rows(out_path):
-        key = _task_key(row.get("task"), out_path)
-        if key not in finished:
-            finished[key] = _manifest_row(key, row["task"]["split"], row["info"]["candidate_rewards"], row["reward"],
-                                          True)
-            _append_row(manifest, finished[key])
-    return finished
+  """Finished tasks: (task_name, instance_id) -> manifest row. Tasks kept in `out_path` but missing
+  from the manifest (a kill between the two writes) get their manifest row written now."""
+  out_path = os.fspath(out_path)
+  manifest = manifest_path(out_path)
+  finished = {_task_key(row, manifest): row for row in _read_rows(manifest)}
+  for row in _read_rows(out_path):
+    key = _task_key(row.get("task"), out_path)
+    if key not in finished:
+      finished[key] = _manifest_row(
+          key, row["task"]["split"], row["info"]["candidate_rewards"], row["reward"], True
+      )
+      _append_row(manifest, finished[key])
+  return finished
 
 
 def _manifest_row(key, split, candidate_rewards, best_reward, kept) -> dict:
-    return {"task_name": key[0], "instance_id": key[1], "split": split, "kept": bool(kept),
-            "best_reward": best_reward, "candidate_rewards": list(candidate_rewards)}
+  return {
+      "task_name": key[0],
+      "instance_id": key[1],
+      "split": split,
+      "kept": bool(kept),
+      "best_reward": best_reward,
+      "candidate_rewards": list(candidate_rewards),
+  }
 
 
 def _append_row(path: str, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, separators=(",", ":")) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(json.dumps(row, separators=(",", ":")) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -259,37 +332,41 @@ def _append_row(path: str, row: dict) -> None:
 
 @dataclasses.dataclass
 class SamplingSummary:
-    """Statistics over the requested tasks that are finished (including those of earlier runs).
+  """Statistics over the requested tasks that are finished (including those of earlier runs).
 
-    kept_fraction: kept / finished; mean_best_reward: mean over finished tasks of the best
-    candidate's reward; mean_candidate_reward: mean over all their candidates; mean_kept_reward:
-    mean over kept trajectories. per_family: the same figures per task family.
-    """
+  kept_fraction: kept / finished; mean_best_reward: mean over finished tasks of the best
+  candidate's reward; mean_candidate_reward: mean over all their candidates; mean_kept_reward:
+  mean over kept trajectories. per_family: the same figures per task family.
+  """
 
-    tasks: int
-    skipped: int
-    finished: int
-    failed: int
-    kept: int
-    kept_fraction: float
-    mean_best_reward: float
-    mean_candidate_reward: float
-    mean_kept_reward: float
-    rollouts: int
-    wall_s: float
-    per_family: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+  tasks: int
+  skipped: int
+  finished: int
+  failed: int
+  kept: int
+  kept_fraction: float
+  mean_best_reward: float
+  mean_candidate_reward: float
+  mean_kept_reward: float
+  rollouts: int
+  wall_s: float
+  per_family: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 def _stats(rows: list[dict]) -> dict[str, float]:
-    kept = [r for r in rows if r["kept"]]
+  kept = [r for r in rows if r["kept"]]
 
-    def mean(values):
-        return float(np.mean(values)) if len(values) else float("nan")
+  def mean(values):
+    return float(np.mean(values)) if len(values) else float("nan")
 
-    return {"finished": len(rows), "kept": len(kept), "kept_fraction": len(kept) / len(rows) if rows else float("nan"),
-            "mean_best_reward": mean([r["best_reward"] for r in rows]),
-            "mean_candidate_reward": mean([v for r in rows for v in r["candidate_rewards"]]),
-            "mean_kept_reward": mean([r["best_reward"] for r in kept])}
+  return {
+      "finished": len(rows),
+      "kept": len(kept),
+      "kept_fraction": len(kept) / len(rows) if rows else float("nan"),
+      "mean_best_reward": mean([r["best_reward"] for r in rows]),
+      "mean_candidate_reward": mean([v for r in rows for v in r["candidate_rewards"]]),
+      "mean_kept_reward": mean([r["best_reward"] for r in kept]),
+  }
 
 
 def generate_sft_data(
@@ -311,149 +388,205 @@ def generate_sft_data(
     family_kwargs: dict[str, dict] | None = None,
     progress: bool = True,
 ) -> SamplingSummary:
-    """Best-of-n rejection sampling over instances [start, start + n_per_family) of each family's split.
+  """Best-of-n rejection sampling over instances [start, start + n_per_family) of each family's split.
 
-    teacher_factory(instance, sample_index) -> Teacher (biomni_jax.data.teachers).
-    pool: a session pool (`.open(tools=[...])` -> session with `.run(code, timeout_s)` and
-      `.close()`), normally `answer_hiding_pool(...)`.
-    min_reward: keep the best candidate only if its reward reaches this (2.0: correct and well
-      formatted).
-    concurrency: rollouts in flight at once (default: the pool's max_workers).
-    family_kwargs: per-family constructor arguments for get_family.
-    Returns the summary over all finished requested tasks (see SamplingSummary); it is also logged.
-    """
-    if n_samples < 1 or n_per_family < 1:
-        raise ValueError(f"generate_sft_data: expected n_samples >= 1 and n_per_family >= 1, "
-                         f"found n_samples={n_samples}, n_per_family={n_per_family}")
-    if not families:
-        raise ValueError("generate_sft_data: expected at least one family, found none")
-    from tqdm import tqdm
+  teacher_factory(instance, sample_index) -> Teacher (biomni_jax.data.teachers).
+  pool: a session pool (`.open(tools=[...])` -> session with `.run(code, timeout_s)` and
+    `.close()`), normally `answer_hiding_pool(...)`.
+  min_reward: keep the best candidate only if its reward reaches this (2.0: correct and well
+    formatted).
+  concurrency: rollouts in flight at once (default: the pool's max_workers).
+  family_kwargs: per-family constructor arguments for get_family.
+  Returns the summary over all finished requested tasks (see SamplingSummary); it is also logged.
+  """
+  if n_samples < 1 or n_per_family < 1:
+    raise ValueError(
+        f"generate_sft_data: expected n_samples >= 1 and n_per_family >= 1, "
+        f"found n_samples={n_samples}, n_per_family={n_per_family}"
+    )
+  if not families:
+    raise ValueError("generate_sft_data: expected at least one family, found none")
+  from tqdm import tqdm
 
-    wall = time.monotonic()
-    out_path = os.fspath(out_path)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    manifest = manifest_path(out_path)
-    finished = load_finished(out_path)
-    envs, instances = {}, []
-    for name in families:
-        family = get_family(name, **(family_kwargs or {}).get(name, {}))
-        envs[name] = family_environment(family, extra_tools, cfg)
-        instances += family.instances(split, n_per_family, start)
-    requested = {(x.task_name, x.instance_id) for x in instances}
-    pending = [x for x in instances if (x.task_name, x.instance_id) not in finished]
-    skipped = len(instances) - len(pending)
-    if skipped:
-        log.info("generate_sft_data: %d of %d tasks already finished in %s; skipping them",
-                 skipped, len(instances), out_path)
-    workers = concurrency or getattr(pool, "max_workers", 4)
-    teacher_name = getattr(teacher_factory, "name", type(teacher_factory).__name__)
-    results: dict[tuple[str, str], dict[int, Candidate]] = {}
-    failed = rollouts = 0
-    first_error = None
-    progress_rows = [finished[k] for k in requested if k in finished]
-    bar = tqdm(total=len(pending), desc="rejection sampling", unit="task", disable=not progress)
-    executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rollout")
-    try:
-        futures = {}
-        for x in pending:  # instance-major submission: tasks finish (and are written) progressively
-            for k in range(n_samples):
-                future = executor.submit(run_candidate, envs[x.task_name], x, k, teacher_factory, pool, cfg,
-                                         max_turns, timeout_s)
-                futures[future] = x
-        for future in concurrent.futures.as_completed(futures):
-            x = futures[future]
-            candidate = future.result()  # a fatal teacher error stops the run here
-            rollouts += 1
-            key = (x.task_name, x.instance_id)
-            results.setdefault(key, {})[candidate.sample_index] = candidate
-            if len(results[key]) < n_samples:
-                continue
-            by_index = results.pop(key)
-            candidates = [by_index[k] for k in range(n_samples)]
-            bar.update(1)
-            errors = [c.error for c in candidates if c.error]
-            if errors:
-                failed += 1
-                first_error = first_error or errors[0]
-                log.warning("%s: %d of %d rollouts failed (task left for a restart); first: %s",
-                            x.instance_id, len(errors), n_samples, errors[0])
-                continue
-            best = select_best(candidates)
-            kept = best is not None and best.reward >= min_reward
-            if kept:
-                append_jsonl(out_path, trajectory_of(x, best, candidates, teacher_name))
-            row = _manifest_row(key, x.split, [c.reward for c in candidates],
-                                best.reward if best is not None else 0.0, kept)
-            _append_row(manifest, row)
-            finished[key] = row
-            progress_rows.append(row)
-            stats = _stats(progress_rows)
-            bar.set_postfix(kept=f"{stats['kept_fraction']:.2f}", best=f"{stats['mean_best_reward']:.2f}",
-                            cand=f"{stats['mean_candidate_reward']:.2f}")
-    except BaseException:
-        executor.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        bar.close()
-    executor.shutdown(wait=True)
-    if pending and failed == len(pending):
-        raise RuntimeError(f"generate_sft_data: all {failed} pending tasks failed (nothing written); "
-                           f"first error: {first_error}")
+  wall = time.monotonic()
+  out_path = os.fspath(out_path)
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  manifest = manifest_path(out_path)
+  finished = load_finished(out_path)
+  envs, instances = {}, []
+  for name in families:
+    family = get_family(name, **(family_kwargs or {}).get(name, {}))
+    envs[name] = family_environment(family, extra_tools, cfg)
+    instances += family.instances(split, n_per_family, start)
+  requested = {(x.task_name, x.instance_id) for x in instances}
+  pending = [x for x in instances if (x.task_name, x.instance_id) not in finished]
+  skipped = len(instances) - len(pending)
+  if skipped:
+    log.info(
+        "generate_sft_data: %d of %d tasks already finished in %s; skipping them",
+        skipped,
+        len(instances),
+        out_path,
+    )
+  workers = concurrency or getattr(pool, "max_workers", 4)
+  teacher_name = getattr(teacher_factory, "name", type(teacher_factory).__name__)
+  results: dict[tuple[str, str], dict[int, Candidate]] = {}
+  failed = rollouts = 0
+  first_error = None
+  progress_rows = [finished[k] for k in requested if k in finished]
+  bar = tqdm(total=len(pending), desc="rejection sampling", unit="task", disable=not progress)
+  executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rollout")
+  try:
+    futures = {}
+    for x in pending:  # instance-major submission: tasks finish (and are written) progressively
+      for k in range(n_samples):
+        future = executor.submit(
+            run_candidate, envs[x.task_name], x, k, teacher_factory, pool, cfg, max_turns, timeout_s
+        )
+        futures[future] = x
+    for future in concurrent.futures.as_completed(futures):
+      x = futures[future]
+      candidate = future.result()  # a fatal teacher error stops the run here
+      rollouts += 1
+      key = (x.task_name, x.instance_id)
+      results.setdefault(key, {})[candidate.sample_index] = candidate
+      if len(results[key]) < n_samples:
+        continue
+      by_index = results.pop(key)
+      candidates = [by_index[k] for k in range(n_samples)]
+      bar.update(1)
+      errors = [c.error for c in candidates if c.error]
+      if errors:
+        failed += 1
+        first_error = first_error or errors[0]
+        log.warning(
+            "%s: %d of %d rollouts failed (task left for a restart); first: %s",
+            x.instance_id,
+            len(errors),
+            n_samples,
+            errors[0],
+        )
+        continue
+      best = select_best(candidates)
+      kept = best is not None and best.reward >= min_reward
+      if kept:
+        append_jsonl(out_path, trajectory_of(x, best, candidates, teacher_name))
+      row = _manifest_row(
+          key,
+          x.split,
+          [c.reward for c in candidates],
+          best.reward if best is not None else 0.0,
+          kept,
+      )
+      _append_row(manifest, row)
+      finished[key] = row
+      progress_rows.append(row)
+      stats = _stats(progress_rows)
+      bar.set_postfix(
+          kept=f"{stats['kept_fraction']:.2f}",
+          best=f"{stats['mean_best_reward']:.2f}",
+          cand=f"{stats['mean_candidate_reward']:.2f}",
+      )
+  except BaseException:
+    executor.shutdown(wait=True, cancel_futures=True)
+    raise
+  finally:
+    bar.close()
+  executor.shutdown(wait=True)
+  if pending and failed == len(pending):
+    raise RuntimeError(
+        f"generate_sft_data: all {failed} pending tasks failed (nothing written); "
+        f"first error: {first_error}"
+    )
 
-    done = [finished[k] for k in sorted(requested) if k in finished]
-    overall = _stats(done)
-    per_family = {name: _stats([r for r in done if r["task_name"] == name]) for name in families}
-    summary = SamplingSummary(tasks=len(instances), skipped=skipped, finished=overall["finished"], failed=failed,
-                              kept=overall["kept"], kept_fraction=overall["kept_fraction"],
-                              mean_best_reward=overall["mean_best_reward"],
-                              mean_candidate_reward=overall["mean_candidate_reward"],
-                              mean_kept_reward=overall["mean_kept_reward"], rollouts=rollouts,
-                              wall_s=time.monotonic() - wall, per_family=per_family)
-    log.info("generate_sft_data: %d/%d tasks finished (%d failed), kept %d (%.3f); mean reward: candidates %.3f, "
-             "best %.3f, kept %.3f; %d rollouts in %.1f s -> %s", summary.finished, summary.tasks, failed,
-             summary.kept, summary.kept_fraction, summary.mean_candidate_reward, summary.mean_best_reward,
-             summary.mean_kept_reward, rollouts, summary.wall_s, out_path)
-    return summary
+  done = [finished[k] for k in sorted(requested) if k in finished]
+  overall = _stats(done)
+  per_family = {name: _stats([r for r in done if r["task_name"] == name]) for name in families}
+  summary = SamplingSummary(
+      tasks=len(instances),
+      skipped=skipped,
+      finished=overall["finished"],
+      failed=failed,
+      kept=overall["kept"],
+      kept_fraction=overall["kept_fraction"],
+      mean_best_reward=overall["mean_best_reward"],
+      mean_candidate_reward=overall["mean_candidate_reward"],
+      mean_kept_reward=overall["mean_kept_reward"],
+      rollouts=rollouts,
+      wall_s=time.monotonic() - wall,
+      per_family=per_family,
+  )
+  log.info(
+      "generate_sft_data: %d/%d tasks finished (%d failed), kept %d (%.3f); mean reward: candidates %.3f, "
+      "best %.3f, kept %.3f; %d rollouts in %.1f s -> %s",
+      summary.finished,
+      summary.tasks,
+      failed,
+      summary.kept,
+      summary.kept_fraction,
+      summary.mean_candidate_reward,
+      summary.mean_best_reward,
+      summary.mean_kept_reward,
+      rollouts,
+      summary.wall_s,
+      out_path,
+  )
+  return summary
 
 
 def main(argv: Sequence[str] | None = None) -> SamplingSummary:
-    """`python -m biomni_jax.data.rejection_sampling --out=DIR/sft.jsonl [--teacher=openai --model=NAME]`."""
-    import argparse
+  """`python -m biomni_jax.data.rejection_sampling --out=DIR/sft.jsonl [--teacher=openai --model=NAME]`."""
+  import argparse
 
-    from biomni_jax.data.teachers import make_teacher_factory
-    from biomni_jax.env.tasks import family_names
+  from biomni_jax.data.teachers import make_teacher_factory
+  from biomni_jax.env.tasks import family_names
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--out", required=True, help="output jsonl (the manifest goes next to it)")
-    parser.add_argument("--families", default=",".join(family_names()), help="comma-separated task families")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--n_per_family", type=int, default=50)
-    parser.add_argument("--n_samples", type=int, default=4)
-    parser.add_argument("--start", type=int, default=0)
-    parser.add_argument("--min_reward", type=float, default=2.0)
-    parser.add_argument("--max_turns", type=int, default=8)
-    parser.add_argument("--timeout_s", type=float, default=120.0)
-    parser.add_argument("--workers", type=int, default=2, help="sandbox sessions (and rollouts) at once")
-    parser.add_argument("--teacher", default="scripted", help="scripted | openai")
-    parser.add_argument("--mistake_rate", type=float, default=0.3, help="scripted teacher only")
-    parser.add_argument("--seed", type=int, default=0, help="scripted teacher only")
-    parser.add_argument("--model", default=None, help="openai teacher: served model name")
-    parser.add_argument("--temperature", type=float, default=0.6, help="openai teacher only")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.teacher == "scripted":
-        factory = make_teacher_factory("scripted", mistake_rate=args.mistake_rate, seed=args.seed)
-    else:
-        factory = make_teacher_factory(args.teacher, model=args.model, temperature=args.temperature,
-                                       max_concurrency=args.workers)
-    families = [f for f in args.families.split(",") if f]
-    with answer_hiding_pool(args.workers, out_path=args.out) as pool:
-        summary = generate_sft_data(families, args.split, args.n_per_family, args.n_samples, factory, args.out, pool,
-                                    start=args.start, min_reward=args.min_reward, max_turns=args.max_turns,
-                                    timeout_s=args.timeout_s)
-    print(json.dumps(dataclasses.asdict(summary), indent=1))
-    return summary
+  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  parser.add_argument("--out", required=True, help="output jsonl (the manifest goes next to it)")
+  parser.add_argument(
+      "--families", default=",".join(family_names()), help="comma-separated task families"
+  )
+  parser.add_argument("--split", default="train")
+  parser.add_argument("--n_per_family", type=int, default=50)
+  parser.add_argument("--n_samples", type=int, default=4)
+  parser.add_argument("--start", type=int, default=0)
+  parser.add_argument("--min_reward", type=float, default=2.0)
+  parser.add_argument("--max_turns", type=int, default=8)
+  parser.add_argument("--timeout_s", type=float, default=120.0)
+  parser.add_argument(
+      "--workers", type=int, default=2, help="sandbox sessions (and rollouts) at once"
+  )
+  parser.add_argument("--teacher", default="scripted", help="scripted | openai")
+  parser.add_argument("--mistake_rate", type=float, default=0.3, help="scripted teacher only")
+  parser.add_argument("--seed", type=int, default=0, help="scripted teacher only")
+  parser.add_argument("--model", default=None, help="openai teacher: served model name")
+  parser.add_argument("--temperature", type=float, default=0.6, help="openai teacher only")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  if args.teacher == "scripted":
+    factory = make_teacher_factory("scripted", mistake_rate=args.mistake_rate, seed=args.seed)
+  else:
+    factory = make_teacher_factory(
+        args.teacher, model=args.model, temperature=args.temperature, max_concurrency=args.workers
+    )
+  families = [f for f in args.families.split(",") if f]
+  with answer_hiding_pool(args.workers, out_path=args.out) as pool:
+    summary = generate_sft_data(
+        families,
+        args.split,
+        args.n_per_family,
+        args.n_samples,
+        factory,
+        args.out,
+        pool,
+        start=args.start,
+        min_reward=args.min_reward,
+        max_turns=args.max_turns,
+        timeout_s=args.timeout_s,
+    )
+  print(json.dumps(dataclasses.asdict(summary), indent=1))
+  return summary
 
 
 if __name__ == "__main__":
-    main()
+  main()

@@ -41,28 +41,35 @@ TASK_NAMES: tuple[str, ...] = (
     "gwas_causal_gene_gwas_catalog",
 )
 
-COLUMNS: tuple[str, ...] = ("instance_id", "task_instance_id", "task_name", "split", "prompt", "answer")
+COLUMNS: tuple[str, ...] = (
+    "instance_id",
+    "task_instance_id",
+    "task_name",
+    "split",
+    "prompt",
+    "answer",
+)
 
 
 class Eval1FormatError(ValueError):
-    """An Eval1 file does not have the expected columns, types or task names."""
+  """An Eval1 file does not have the expected columns, types or task names."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Eval1Row:
-    """One benchmark instance. `answer` is the ground truth as stored (always a string)."""
+  """One benchmark instance. `answer` is the ground truth as stored (always a string)."""
 
-    instance_id: int
-    task_instance_id: int
-    task_name: str
-    split: str
-    prompt: str
-    answer: str
+  instance_id: int
+  task_instance_id: int
+  task_name: str
+  split: str
+  prompt: str
+  answer: str
 
-    @property
-    def key(self) -> tuple[str, int]:
-        """The official grading key."""
-        return (self.task_name, self.task_instance_id)
+  @property
+  def key(self) -> tuple[str, int]:
+    """The official grading key."""
+    return (self.task_name, self.task_instance_id)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -78,145 +85,151 @@ _FIELD_TYPES: dict[str, type] = {
 
 
 def _row_from_record(record: Any, where: str) -> Eval1Row:
-    if not isinstance(record, Mapping):
-        raise Eval1FormatError(f"{where}: expected an object with fields {list(COLUMNS)}, found {type(record).__name__}")
-    values = {}
-    for field, kind in _FIELD_TYPES.items():
-        if field not in record:
-            raise Eval1FormatError(f"{where}, field {field!r}: missing (expected columns {list(COLUMNS)})")
-        value = record[field]
-        # bool is an int subclass; an id of True is a broken file, not id 1.
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise Eval1FormatError(
-                f"{where}, field {field!r}: expected {kind.__name__}, found {type(value).__name__} {value!r:.80}"
-            )
-        values[field] = value
-    if values["task_name"] not in TASK_NAMES:
-        raise Eval1FormatError(
-            f"{where}, field 'task_name': unknown task {values['task_name']!r}; expected one of {list(TASK_NAMES)}"
-        )
-    if not values["prompt"].strip():
-        raise Eval1FormatError(f"{where}, field 'prompt': empty")
-    return Eval1Row(**values)
+  if not isinstance(record, Mapping):
+    raise Eval1FormatError(
+        f"{where}: expected an object with fields {list(COLUMNS)}, found {type(record).__name__}"
+    )
+  values = {}
+  for field, kind in _FIELD_TYPES.items():
+    if field not in record:
+      raise Eval1FormatError(
+          f"{where}, field {field!r}: missing (expected columns {list(COLUMNS)})"
+      )
+    value = record[field]
+    # bool is an int subclass; an id of True is a broken file, not id 1.
+    if not isinstance(value, kind) or isinstance(value, bool):
+      raise Eval1FormatError(
+          f"{where}, field {field!r}: expected {kind.__name__}, found {type(value).__name__} {value!r:.80}"
+      )
+    values[field] = value
+  if values["task_name"] not in TASK_NAMES:
+    raise Eval1FormatError(
+        f"{where}, field 'task_name': unknown task {values['task_name']!r}; expected one of {list(TASK_NAMES)}"
+    )
+  if not values["prompt"].strip():
+    raise Eval1FormatError(f"{where}, field 'prompt': empty")
+  return Eval1Row(**values)
 
 
-def rows_from_records(records: Iterable[Any], source: str = "<records>", row_label: str = "row") -> list[Eval1Row]:
-    """Validate records (mappings with COLUMNS) into rows; errors name source, 1-based row and field.
+def rows_from_records(
+    records: Iterable[Any], source: str = "<records>", row_label: str = "row"
+) -> list[Eval1Row]:
+  """Validate records (mappings with COLUMNS) into rows; errors name source, 1-based row and field.
 
-    Raises Eval1FormatError on a missing field, a wrong type, an unknown task name, an empty prompt
-    or a repeated (task_name, task_instance_id) key.
-    """
-    rows: list[Eval1Row] = []
-    first_seen: dict[tuple[str, int], int] = {}
-    for number, record in enumerate(records, start=1):
-        where = f"{source}: {row_label} {number}"
-        row = _row_from_record(record, where)
-        if row.key in first_seen:
-            raise Eval1FormatError(
-                f"{where}, fields 'task_name'/'task_instance_id': key {row.key} already used by "
-                f"{row_label} {first_seen[row.key]}"
-            )
-        first_seen[row.key] = number
-        rows.append(row)
-    return rows
+  Raises Eval1FormatError on a missing field, a wrong type, an unknown task name, an empty prompt
+  or a repeated (task_name, task_instance_id) key.
+  """
+  rows: list[Eval1Row] = []
+  first_seen: dict[tuple[str, int], int] = {}
+  for number, record in enumerate(records, start=1):
+    where = f"{source}: {row_label} {number}"
+    row = _row_from_record(record, where)
+    if row.key in first_seen:
+      raise Eval1FormatError(
+          f"{where}, fields 'task_name'/'task_instance_id': key {row.key} already used by "
+          f"{row_label} {first_seen[row.key]}"
+      )
+    first_seen[row.key] = number
+    rows.append(row)
+  return rows
 
 
 def _read_jsonl(path: Path) -> list[Eval1Row]:
-    def records():
-        with path.open(encoding="utf-8") as f:
-            for line_number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise Eval1FormatError(f"{path}: line {line_number}: not valid JSON ({e})") from e
+  def records():
+    with path.open(encoding="utf-8") as f:
+      for line_number, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        try:
+          yield json.loads(line)
+        except json.JSONDecodeError as e:
+          raise Eval1FormatError(f"{path}: line {line_number}: not valid JSON ({e})") from e
 
-    return rows_from_records(records(), str(path), row_label="record")
+  return rows_from_records(records(), str(path), row_label="record")
 
 
 def _read_parquet(path: Path) -> list[Eval1Row]:
-    import pyarrow.parquet as pq
+  import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    missing = [c for c in COLUMNS if c not in table.column_names]
-    if missing:
-        raise Eval1FormatError(
-            f"{path}: row 1, field {missing[0]!r}: missing column(s) {missing}; found columns {table.column_names}"
-        )
-    return rows_from_records(table.select(list(COLUMNS)).to_pylist(), str(path))
+  table = pq.read_table(path)
+  missing = [c for c in COLUMNS if c not in table.column_names]
+  if missing:
+    raise Eval1FormatError(
+        f"{path}: row 1, field {missing[0]!r}: missing column(s) {missing}; found columns {table.column_names}"
+    )
+  return rows_from_records(table.select(list(COLUMNS)).to_pylist(), str(path))
 
 
 def load(path: str | Path) -> list[Eval1Row]:
-    """Read Eval1 rows from the official `.parquet` or from `.jsonl` (one JSON object a line)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Eval1 file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return _read_parquet(path)
-    if suffix in (".jsonl", ".json"):
-        return _read_jsonl(path)
-    raise Eval1FormatError(f"{path}: expected a .parquet or .jsonl file, found suffix {suffix!r}")
+  """Read Eval1 rows from the official `.parquet` or from `.jsonl` (one JSON object a line)."""
+  path = Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"Eval1 file not found: {path}")
+  suffix = path.suffix.lower()
+  if suffix == ".parquet":
+    return _read_parquet(path)
+  if suffix in (".jsonl", ".json"):
+    return _read_jsonl(path)
+  raise Eval1FormatError(f"{path}: expected a .parquet or .jsonl file, found suffix {suffix!r}")
 
 
 # ----------------------------------------------------------------------------- graders
 
 
 def _parse_json_else_literal(text: Any) -> Any:
-    """The official parser: JSON first, then a Python literal (single-quoted dicts); non-str as is."""
-    if not isinstance(text, str):
-        return text
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return ast.literal_eval(text)
+  """The official parser: JSON first, then a Python literal (single-quoted dicts); non-str as is."""
+  if not isinstance(text, str):
+    return text
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError:
+    return ast.literal_eval(text)
 
 
 def _exact_stripped(prediction: str, answer: str) -> float:
-    return float(prediction.strip() == answer.strip())
+  return float(prediction.strip() == answer.strip())
 
 
 def _upper_stripped(prediction: str, answer: str) -> float:
-    return float(prediction.strip().upper() == answer.strip().upper())
+  return float(prediction.strip().upper() == answer.strip().upper())
 
 
 def _lower_stripped(prediction: str, answer: str) -> float:
-    return float(prediction.strip().lower() == answer.strip().lower())
+  return float(prediction.strip().lower() == answer.strip().lower())
 
 
 _ANSWER_WRAPPER = re.compile(r"\[ANSWER\](.*?)\[/ANSWER\]", re.DOTALL | re.IGNORECASE)
 
 
 def strip_answer_wrapper(text: str) -> str:
-    """Content of the last `[ANSWER]...[/ANSWER]` in text (the LAB-Bench prompt format), else text."""
-    matches = _ANSWER_WRAPPER.findall(text)
-    return matches[-1] if matches else text
+  """Content of the last `[ANSWER]...[/ANSWER]` in text (the LAB-Bench prompt format), else text."""
+  matches = _ANSWER_WRAPPER.findall(text)
+  return matches[-1] if matches else text
 
 
 def _lab_bench(prediction: str, answer: str) -> float:
-    return _upper_stripped(strip_answer_wrapper(prediction), answer)
+  return _upper_stripped(strip_answer_wrapper(prediction), answer)
 
 
 def _rare_disease_diagnosis(prediction: Any, answer: Any) -> float:
-    try:
-        predicted = _parse_json_else_literal(prediction)
-        truth = json.loads(answer) if isinstance(answer, str) else answer
-        return 1.0 if predicted.get("OMIM_ID") == truth.get("OMIM_ID") else 0.0
-    except Exception:  # the official grader scores any parse or shape failure 0
-        return 0.0
+  try:
+    predicted = _parse_json_else_literal(prediction)
+    truth = json.loads(answer) if isinstance(answer, str) else answer
+    return 1.0 if predicted.get("OMIM_ID") == truth.get("OMIM_ID") else 0.0
+  except Exception:  # the official grader scores any parse or shape failure 0
+    return 0.0
 
 
 def _patient_gene_detection(prediction: Any, answer: str) -> float:
-    try:
-        predicted = _parse_json_else_literal(prediction)
-        genes = predicted.get("causal_gene", [])
-        if not isinstance(genes, list):
-            genes = [genes]
-        truth = [g.strip() for g in answer.split(",")] if "," in answer else [answer]
-        return 1.0 if genes and set(truth) & set(genes) else 0.0
-    except Exception:  # the official grader scores any parse or shape failure 0
-        return 0.0
+  try:
+    predicted = _parse_json_else_literal(prediction)
+    genes = predicted.get("causal_gene", [])
+    if not isinstance(genes, list):
+      genes = [genes]
+    truth = [g.strip() for g in answer.split(",")] if "," in answer else [answer]
+    return 1.0 if genes and set(truth) & set(genes) else 0.0
+  except Exception:  # the official grader scores any parse or shape failure 0
+    return 0.0
 
 
 GRADERS: dict[str, Callable[[Any, str], float]] = {
@@ -238,22 +251,26 @@ _STRUCTURED_TASKS = frozenset({"rare_disease_diagnosis", "patient_gene_detection
 
 
 def _check_task(task_name: str) -> None:
-    if task_name not in GRADERS:
-        raise ValueError(f"Unknown Eval1 task {task_name!r}; expected one of {list(TASK_NAMES)}")
+  if task_name not in GRADERS:
+    raise ValueError(f"Unknown Eval1 task {task_name!r}; expected one of {list(TASK_NAMES)}")
 
 
 def grade(task_name: str, prediction: Any, answer: str) -> float:
-    """Official Eval1 score (1.0 or 0.0) of `prediction` against the ground truth `answer`.
+  """Official Eval1 score (1.0 or 0.0) of `prediction` against the ground truth `answer`.
 
-    prediction: the answer text (what the agent put inside its answer block). The two dict tasks
-    also accept an already-parsed object, as the official grader does.
-    """
-    _check_task(task_name)
-    if not isinstance(prediction, str) and task_name not in _STRUCTURED_TASKS:
-        raise TypeError(f"grade({task_name!r}): expected the prediction as str, found {type(prediction).__name__}")
-    if not isinstance(answer, str):
-        raise TypeError(f"grade({task_name!r}): expected the ground truth as str, found {type(answer).__name__}")
-    return float(GRADERS[task_name](prediction, answer))
+  prediction: the answer text (what the agent put inside its answer block). The two dict tasks
+  also accept an already-parsed object, as the official grader does.
+  """
+  _check_task(task_name)
+  if not isinstance(prediction, str) and task_name not in _STRUCTURED_TASKS:
+    raise TypeError(
+        f"grade({task_name!r}): expected the prediction as str, found {type(prediction).__name__}"
+    )
+  if not isinstance(answer, str):
+    raise TypeError(
+        f"grade({task_name!r}): expected the ground truth as str, found {type(answer).__name__}"
+    )
+  return float(GRADERS[task_name](prediction, answer))
 
 
 def grade_response(
@@ -262,10 +279,10 @@ def grade_response(
     answer: str,
     cfg: protocol.ProtocolConfig = protocol.DEFAULT_CONFIG,
 ) -> float:
-    """Grade a whole reply: the content of its answer block if it has one, else the whole text."""
-    _check_task(task_name)
-    solution = protocol.extract_solution(response_text, cfg)
-    return grade(task_name, response_text if solution is None else solution, answer)
+  """Grade a whole reply: the content of its answer block if it has one, else the whole text."""
+  _check_task(task_name)
+  solution = protocol.extract_solution(response_text, cfg)
+  return grade(task_name, response_text if solution is None else solution, answer)
 
 
 # ----------------------------------------------------------------------------- answer formats
@@ -285,22 +302,22 @@ _FORMAT_HINTS: dict[str, str] = {
 
 
 def answer_format_hint(task_name: str) -> str:
-    """A short description of the answer format the task's prompt asks for."""
-    _check_task(task_name)
-    return _FORMAT_HINTS[task_name]
+  """A short description of the answer format the task's prompt asks for."""
+  _check_task(task_name)
+  return _FORMAT_HINTS[task_name]
 
 
 def format_answer(task_name: str, answer: str) -> str:
-    """Write a ground-truth answer the way the task's prompt asks the agent to write it.
+  """Write a ground-truth answer the way the task's prompt asks the agent to write it.
 
-    patient_gene_detection -> "{'causal_gene': ['ENSG...']}" (the first id of a comma-separated
-    truth); lab_bench_* -> "[ANSWER]X[/ANSWER]"; every other task -> the answer unchanged (for
-    rare_disease_diagnosis that is already the JSON object the prompt asks for).
-    """
-    _check_task(task_name)
-    if task_name == "patient_gene_detection":
-        first_id = answer.split(",")[0].strip()
-        return repr({"causal_gene": [first_id]})
-    if task_name.startswith("lab_bench"):
-        return f"[ANSWER]{answer.strip()}[/ANSWER]"
-    return answer
+  patient_gene_detection -> "{'causal_gene': ['ENSG...']}" (the first id of a comma-separated
+  truth); lab_bench_* -> "[ANSWER]X[/ANSWER]"; every other task -> the answer unchanged (for
+  rare_disease_diagnosis that is already the JSON object the prompt asks for).
+  """
+  _check_task(task_name)
+  if task_name == "patient_gene_detection":
+    first_id = answer.split(",")[0].strip()
+    return repr({"causal_gene": [first_id]})
+  if task_name.startswith("lab_bench"):
+    return f"[ANSWER]{answer.strip()}[/ANSWER]"
+  return answer

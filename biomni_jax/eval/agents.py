@@ -10,6 +10,7 @@ OracleAgent: a text-level agent that knows the answer and follows the protocol: 
 prompt asks (eval1.format_answer for Eval1 tasks). With correct graders and plumbing it scores 1.0 on every
 task: the harness's own check.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ class AgentLoadError(ValueError):
 @dataclasses.dataclass
 class ModelAgent:
   """model_config: biomni_jax ModelConfig; params: its pytree; tokenizer: a transformers fast tokenizer."""
+
   model_config: Any
   params: Any
   tokenizer: Any
@@ -36,10 +38,14 @@ class ModelAgent:
 
 
 def _newest_step(checkpoints: str) -> int:
-  steps = [int(p) for p in os.listdir(checkpoints) if p.isdigit()] if os.path.isdir(checkpoints) else []
+  steps = (
+      [int(p) for p in os.listdir(checkpoints) if p.isdigit()] if os.path.isdir(checkpoints) else []
+  )
   if not steps:
-    raise AgentLoadError(f"--checkpoint: no checkpoint under {checkpoints!r} (expected <step>/state written by "
-                         f"a finished SFT or RL run); train first or pass the run's workdir")
+    raise AgentLoadError(
+        f"--checkpoint: no checkpoint under {checkpoints!r} (expected <step>/state written by "
+        f"a finished SFT or RL run); train first or pass the run's workdir"
+    )
   return max(steps)
 
 
@@ -65,20 +71,30 @@ def load_run_agent(workdir: str, step: int | None = None) -> ModelAgent:
   from biomni_jax.data.tokenizer import load_tokenizer
 
   if not os.path.isdir(workdir):
-    raise AgentLoadError(f"--checkpoint: {workdir!r} does not exist; expected the workdir of a biomni_jax SFT or "
-                         f"RL run (with config.json and checkpoints/)")
+    raise AgentLoadError(
+        f"--checkpoint: {workdir!r} does not exist; expected the workdir of a biomni_jax SFT or "
+        f"RL run (with config.json and checkpoints/)"
+    )
   if not os.path.isfile(os.path.join(workdir, "config.json")):
-    raise AgentLoadError(f"--checkpoint: {workdir!r} has no config.json; expected the workdir of a biomni_jax "
-                         f"run (for a Hugging Face model directory use --hf)")
+    raise AgentLoadError(
+        f"--checkpoint: {workdir!r} has no config.json; expected the workdir of a biomni_jax "
+        f"run (for a Hugging Face model directory use --hf)"
+    )
   config, tokenizer_dir = _run_model_source(workdir)
   if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
-    raise AgentLoadError(f"--checkpoint: no tokenizer at {tokenizer_dir!r} (the run's tokenizer/ directory)")
+    raise AgentLoadError(
+        f"--checkpoint: no tokenizer at {tokenizer_dir!r} (the run's tokenizer/ directory)"
+    )
   tokenizer = load_tokenizer(tokenizer_dir)
   has_own = bool((config.get("tokenizer") or {}).get("path"))
-  model_cfg = model_config(ml_collections.ConfigDict(config), vocab_size=None if has_own else len(tokenizer))
+  model_cfg = model_config(
+      ml_collections.ConfigDict(config), vocab_size=None if has_own else len(tokenizer)
+  )
   checkpoints = os.path.join(os.path.abspath(workdir), "checkpoints")  # orbax wants absolute paths
   step = _newest_step(checkpoints) if step is None else step
-  with warnings.catch_warnings():  # params restore onto this process's default device: no sharding to give
+  with (
+      warnings.catch_warnings()
+  ):  # params restore onto this process's default device: no sharding to give
     warnings.filterwarnings("ignore", message="Sharding info not provided when restoring")
     state = ocp.PyTreeCheckpointer().restore(os.path.join(checkpoints, str(step), "state"))
   params = jax.tree.map(np.asarray, state["params"])
@@ -91,10 +107,14 @@ def load_hf_agent(path: str) -> ModelAgent:
   from biomni_jax.model.hf_io import load_hf_checkpoint
 
   if not os.path.isfile(os.path.join(path, "config.json")):
-    raise AgentLoadError(f"--hf: {path!r} has no config.json; expected a Hugging Face Qwen3 directory "
-                         f"(config.json, model*.safetensors, tokenizer.json)")
+    raise AgentLoadError(
+        f"--hf: {path!r} has no config.json; expected a Hugging Face Qwen3 directory "
+        f"(config.json, model*.safetensors, tokenizer.json)"
+    )
   if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-    raise AgentLoadError(f"--hf: {path!r} has no tokenizer.json; copy the model's tokenizer files next to it")
+    raise AgentLoadError(
+        f"--hf: {path!r} has no tokenizer.json; copy the model's tokenizer files next to it"
+    )
   model_cfg, params = load_hf_checkpoint(path)
   return ModelAgent(model_cfg, params, load_tokenizer(path), path)
 
@@ -104,8 +124,10 @@ def oracle_reply(instance: TaskInstance) -> str:
   answer = instance.answer
   if instance.task_name in eval1.TASK_NAMES:
     answer = eval1.format_answer(instance.task_name, answer)
-  return (f"<think>The observation confirms the environment works; I know the answer to this "
-          f"{instance.task_name} task.</think>\n<solution>{answer}</solution>")
+  return (
+      f"<think>The observation confirms the environment works; I know the answer to this "
+      f"{instance.task_name} task.</think>\n<solution>{answer}</solution>"
+  )
 
 
 class OracleAgent:
@@ -128,8 +150,9 @@ class OracleAgent:
 
 def oracle_factory(probe: bool = True):
   """instance -> OracleAgent (the harness's text-agent factory signature)."""
+
   def make(instance: TaskInstance, sample_index: int) -> OracleAgent:
     del sample_index
     return OracleAgent(instance, probe)
-  return make
 
+  return make

@@ -10,6 +10,7 @@ embedded ones) of the answer that ended it, 0 without one. The paper's table rep
 over its episodes; the average is the unweighted mean over tasks. pass@k per instance is the unbiased
 1 - C(n - c, k) / C(n, k) over its n episodes with c scoring 1, averaged over the task's instances.
 """
+
 from __future__ import annotations
 
 import collections
@@ -33,6 +34,7 @@ SUCCESS = 1.0 - 1e-6
 @dataclasses.dataclass
 class EpisodeRecord:
   """One graded episode. score: official grade in [0, 1]; format: protocol.format_reward; messages: the text."""
+
   task_name: str
   instance_id: str
   sample_index: int
@@ -48,7 +50,9 @@ class EpisodeRecord:
     return dataclasses.asdict(self)
 
 
-def official_score(env: FamilyEnvironment, instance: TaskInstance, solution: Optional[str]) -> float:
+def official_score(
+    env: FamilyEnvironment, instance: TaskInstance, solution: Optional[str]
+) -> float:
   """The family's official grade of `solution` (0 without one, or when the grader cannot parse it)."""
   if solution is None:
     return 0.0
@@ -58,7 +62,9 @@ def official_score(env: FamilyEnvironment, instance: TaskInstance, solution: Opt
     return 0.0
 
 
-def _check(instances: Sequence[TaskInstance], environments: Mapping[str, FamilyEnvironment], n_samples: int):
+def _check(
+    instances: Sequence[TaskInstance], environments: Mapping[str, FamilyEnvironment], n_samples: int
+):
   if n_samples < 1:
     raise ValueError(f"harness: expected n_samples >= 1, found {n_samples}")
   missing = sorted({x.task_name for x in instances} - set(environments))
@@ -68,43 +74,76 @@ def _check(instances: Sequence[TaskInstance], environments: Mapping[str, FamilyE
 
 # ------------------------------------------------------------------------------------------- text-level agents
 
-def run_text_agent(agent_factory: Callable[[TaskInstance, int], Callable[[list[dict]], str]],
-                   instances: Sequence[TaskInstance], environments: Mapping[str, FamilyEnvironment],
-                   n_samples: int, sandbox: Any, *, max_turns: int = 8, timeout_s: float = 60.0,
-                   workers: int = 2, use_system_prompt: bool = True, progress: bool = True) -> list[EpisodeRecord]:
+
+def run_text_agent(
+    agent_factory: Callable[[TaskInstance, int], Callable[[list[dict]], str]],
+    instances: Sequence[TaskInstance],
+    environments: Mapping[str, FamilyEnvironment],
+    n_samples: int,
+    sandbox: Any,
+    *,
+    max_turns: int = 8,
+    timeout_s: float = 60.0,
+    workers: int = 2,
+    use_system_prompt: bool = True,
+    progress: bool = True,
+) -> list[EpisodeRecord]:
   """n_samples episodes of agent_factory(instance, k) per instance, each in a fresh sandbox session.
 
   sandbox: a SandboxPool (`.open(tools=[...])`). Returns records in (instance, sample) order.
   """
   from tqdm import tqdm
+
   _check(instances, environments, n_samples)
 
   def play(instance: TaskInstance, k: int) -> EpisodeRecord:
     env = environments[instance.task_name]
     session = open_session(sandbox, env, instance)
     try:
-      episode = run_episode(agent_factory(instance, k), instance.prompt, session, max_turns=max_turns,
-                            system=env.system if use_system_prompt else None, timeout_s=timeout_s)
+      episode = run_episode(
+          agent_factory(instance, k),
+          instance.prompt,
+          session,
+          max_turns=max_turns,
+          system=env.system if use_system_prompt else None,
+          timeout_s=timeout_s,
+      )
     finally:
       session.close()
-    return EpisodeRecord(instance.task_name, instance.instance_id, k,
-                         official_score(env, instance, episode.solution), episode.format_reward(), episode.turns,
-                         episode.termination, episode.solution, instance.answer, episode.messages)
+    return EpisodeRecord(
+        instance.task_name,
+        instance.instance_id,
+        k,
+        official_score(env, instance, episode.solution),
+        episode.format_reward(),
+        episode.turns,
+        episode.termination,
+        episode.solution,
+        instance.answer,
+        episode.messages,
+    )
 
   jobs = [(x, k) for x in instances for k in range(n_samples)]
   with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="eval") as pool:
     futures = [pool.submit(play, x, k) for x, k in jobs]
-    for _ in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="eval", unit="episode",
-                  disable=not progress):
+    for _ in tqdm(
+        concurrent.futures.as_completed(futures),
+        total=len(futures),
+        desc="eval",
+        unit="episode",
+        disable=not progress,
+    ):
       pass
     return [f.result() for f in futures]
 
 
 # ------------------------------------------------------------------------------------------- the model
 
+
 @dataclasses.dataclass(frozen=True)
 class ModelEvalSettings:
   """Sampling and episode limits for model evaluation (the rollout pool's knobs; see rollout/config.py)."""
+
   temperature: float = 0.6
   top_p: float = 0.95
   max_turns: int = 6
@@ -124,13 +163,21 @@ class ModelEvalSettings:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-      raise ValueError(f"ModelEvalSettings: unknown field(s) {unknown}; expected some of {sorted(known)}")
+      raise ValueError(
+          f"ModelEvalSettings: unknown field(s) {unknown}; expected some of {sorted(known)}"
+      )
     return cls(**dict(values))
 
 
-def run_model(agent: Any, instances: Sequence[TaskInstance], environments: Mapping[str, FamilyEnvironment],
-              n_samples: int, settings: ModelEvalSettings = ModelEvalSettings(), *,
-              sandbox: Any = None) -> list[EpisodeRecord]:
+def run_model(
+    agent: Any,
+    instances: Sequence[TaskInstance],
+    environments: Mapping[str, FamilyEnvironment],
+    n_samples: int,
+    settings: ModelEvalSettings = ModelEvalSettings(),
+    *,
+    sandbox: Any = None,
+) -> list[EpisodeRecord]:
   """n_samples episodes per instance by the model (agents.ModelAgent) through the engine and rollout pool.
 
   All instances run as one batch of groups (one group of n_samples per instance) at a fixed weight version.
@@ -142,21 +189,39 @@ def run_model(agent: Any, instances: Sequence[TaskInstance], environments: Mappi
   from biomni_jax.rollout.pool import RolloutPool
   from biomni_jax.sampling import Engine
   from biomni_jax.sharding import ShardingRules, make_mesh
+
   _check(instances, environments, n_samples)
 
-  cfg = RolloutConfig(group_size=n_samples, groups_per_batch=len(instances), max_turns=settings.max_turns,
-                      max_context_tokens=settings.max_context_tokens,
-                      max_new_tokens_per_turn=settings.max_new_tokens_per_turn, temperature=settings.temperature,
-                      top_p=settings.top_p, max_staleness=0, max_concurrent_episodes=settings.max_concurrent_episodes,
-                      tool_timeout_s=settings.tool_timeout_s, overlong_threshold=settings.max_len,
-                      use_system_prompt=settings.use_system_prompt, seed=settings.seed)
-  engine = Engine(agent.model_config, agent.params, ShardingRules(make_mesh()), num_slots=settings.num_slots,
-                  max_len=settings.max_len, detokenize=agent.tokenizer.decode,
-                  max_prefill_chunk=settings.max_prefill_chunk)
+  cfg = RolloutConfig(
+      group_size=n_samples,
+      groups_per_batch=len(instances),
+      max_turns=settings.max_turns,
+      max_context_tokens=settings.max_context_tokens,
+      max_new_tokens_per_turn=settings.max_new_tokens_per_turn,
+      temperature=settings.temperature,
+      top_p=settings.top_p,
+      max_staleness=0,
+      max_concurrent_episodes=settings.max_concurrent_episodes,
+      tool_timeout_s=settings.tool_timeout_s,
+      overlong_threshold=settings.max_len,
+      use_system_prompt=settings.use_system_prompt,
+      seed=settings.seed,
+  )
+  engine = Engine(
+      agent.model_config,
+      agent.params,
+      ShardingRules(make_mesh()),
+      num_slots=settings.num_slots,
+      max_len=settings.max_len,
+      detokenize=agent.tokenizer.decode,
+      max_prefill_chunk=settings.max_prefill_chunk,
+  )
   own_sandbox = sandbox is None
   sandbox = SandboxPool(max_workers=settings.sandbox_workers) if own_sandbox else sandbox
   try:
-    with RolloutPool(engine, sandbox, agent.tokenizer, iter(instances), cfg, environments=dict(environments)) as pool:
+    with RolloutPool(
+        engine, sandbox, agent.tokenizer, iter(instances), cfg, environments=dict(environments)
+    ) as pool:
       groups = pool.get_groups(len(instances))
   finally:
     engine.shutdown()
@@ -172,18 +237,34 @@ def run_model(agent: Any, instances: Sequence[TaskInstance], environments: Mappi
       messages = [{"role": m["role"], "content": m["content"]} for m in t.messages]
       solution = None
       if t.termination == "solution":
-        solution = protocol.extract_solution(messages[-1]["content"]) if messages[-1]["role"] == "assistant" \
+        solution = (
+            protocol.extract_solution(messages[-1]["content"])
+            if messages[-1]["role"] == "assistant"
             else None
-      records.append(EpisodeRecord(instance.task_name, instance.instance_id, k,
-                                   official_score(env, instance, solution), float(t.format), int(t.num_turns),
-                                   t.termination, solution, instance.answer, messages))
+        )
+      records.append(
+          EpisodeRecord(
+              instance.task_name,
+              instance.instance_id,
+              k,
+              official_score(env, instance, solution),
+              float(t.format),
+              int(t.num_turns),
+              t.termination,
+              solution,
+              instance.answer,
+              messages,
+          )
+      )
   return records
 
 
 # ------------------------------------------------------------------------------------------- summaries
 
-def summarize(records: Sequence[EpisodeRecord], ks: Sequence[int] = (1,),
-              task_order: Sequence[str] = ()) -> dict[str, Any]:
+
+def summarize(
+    records: Sequence[EpisodeRecord], ks: Sequence[int] = (1,), task_order: Sequence[str] = ()
+) -> dict[str, Any]:
   """{"tasks": {task: {"mean", "format", "episodes", "instances", "pass@k"...}}, "average", "episodes"}.
 
   mean: mean score over the task's episodes; average: unweighted mean of the task means (the paper's).
@@ -201,13 +282,20 @@ def summarize(records: Sequence[EpisodeRecord], ks: Sequence[int] = (1,),
     per_instance: dict[str, list[float]] = collections.defaultdict(list)
     for r in rows:
       per_instance[r.instance_id].append(r.score)
-    entry = {"mean": float(np.mean([r.score for r in rows])), "format": float(np.mean([r.format for r in rows])),
-             "episodes": len(rows), "instances": len(per_instance)}
+    entry = {
+        "mean": float(np.mean([r.score for r in rows])),
+        "format": float(np.mean([r.format for r in rows])),
+        "episodes": len(rows),
+        "instances": len(per_instance),
+    }
     n_min = min(len(v) for v in per_instance.values())
     for k in sorted(set(ks)):
       if 1 <= k <= n_min:
-        entry[f"pass@{k}"] = float(np.mean([pass_at_k(len(v), sum(s >= SUCCESS for s in v), k)
-                                            for v in per_instance.values()]))
+        entry[f"pass@{k}"] = float(
+            np.mean(
+                [pass_at_k(len(v), sum(s >= SUCCESS for s in v), k) for v in per_instance.values()]
+            )
+        )
     tasks[name] = entry
   average = float(np.mean([e["mean"] for e in tasks.values()])) if tasks else float("nan")
   return {"tasks": tasks, "average": average, "episodes": len(records)}
@@ -226,4 +314,3 @@ def write_records(records: Sequence[EpisodeRecord], path: str) -> None:
 def read_records(path: str) -> list[EpisodeRecord]:
   with open(path, encoding="utf-8") as f:
     return [EpisodeRecord(**json.loads(line)) for line in f if line.strip()]
-

@@ -8,6 +8,7 @@ at the maximum). The "average" row is the unweighted mean over the tasks a syste
 the rows a system is best in (ties count for each). A system missing a task shows '-' and is not a
 candidate for that row. The paper marks tasks won the same way (7 of 10 for Biomni-R0-32B).
 """
+
 from __future__ import annotations
 
 import html
@@ -17,7 +18,9 @@ from typing import Mapping, Sequence
 TOLERANCE = 1e-9
 
 
-def task_rows(scores: Mapping[str, Mapping[str, float]], task_order: Sequence[str] = ()) -> list[str]:
+def task_rows(
+    scores: Mapping[str, Mapping[str, float]], task_order: Sequence[str] = ()
+) -> list[str]:
   """Every task any system has: task_order first, then the rest in first-seen order."""
   seen = []
   for per_task in scores.values():
@@ -40,7 +43,9 @@ def averages(scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
   return {s: (sum(v.values()) / len(v) if v else float("nan")) for s, v in scores.items()}
 
 
-def tasks_won(scores: Mapping[str, Mapping[str, float]], task_order: Sequence[str] = ()) -> dict[str, int]:
+def tasks_won(
+    scores: Mapping[str, Mapping[str, float]], task_order: Sequence[str] = ()
+) -> dict[str, int]:
   won = {s: 0 for s in scores}
   for task in task_rows(scores, task_order):
     for s in winners(scores, task):
@@ -48,8 +53,9 @@ def tasks_won(scores: Mapping[str, Mapping[str, float]], task_order: Sequence[st
   return won
 
 
-def table_cells(scores: Mapping[str, Mapping[str, float]], task_order: Sequence[str] = (),
-                digits: int = 3) -> tuple[list[str], list[list[str]]]:
+def table_cells(
+    scores: Mapping[str, Mapping[str, float]], task_order: Sequence[str] = (), digits: int = 3
+) -> tuple[list[str], list[list[str]]]:
   """(header, rows) of strings: task rows with '*' on the best, then "average" and "tasks won"."""
   systems = list(scores)
   header = ["task"] + systems
@@ -67,21 +73,30 @@ def table_cells(scores: Mapping[str, Mapping[str, float]], task_order: Sequence[
   return header, rows
 
 
-def format_table(scores: Mapping[str, Mapping[str, float]], task_order: Sequence[str] = (), digits: int = 3) -> str:
+def format_table(
+    scores: Mapping[str, Mapping[str, float]], task_order: Sequence[str] = (), digits: int = 3
+) -> str:
   """A fixed-width text table (see table_cells)."""
   header, rows = table_cells(scores, task_order, digits)
   widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-  lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-           for r in [header] + rows]
+  lines = [
+      "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+      for r in [header] + rows
+  ]
   lines.insert(1, "-" * len(lines[0]))
   lines.insert(len(lines) - 2, "-" * len(lines[0]))
   return "\n".join(lines)
 
 
-def html_table(scores: Mapping[str, Mapping[str, float]], task_order: Sequence[str] = (), digits: int = 3) -> str:
+def html_table(
+    scores: Mapping[str, Mapping[str, float]], task_order: Sequence[str] = (), digits: int = 3
+) -> str:
   """An HTML <table>; best cells are <b> with class "best"."""
   header, rows = table_cells(scores, task_order, digits)
-  out = ['<table class="scores">', "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+  out = [
+      '<table class="scores">',
+      "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>",
+  ]
   for row in rows:
     cells = [f"<th>{html.escape(row[0])}</th>"]
     for c in row[1:]:

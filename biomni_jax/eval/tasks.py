@@ -7,6 +7,7 @@ the task registry. Either way the harness gets
     environments: task_name -> FamilyEnvironment (tools for the sandbox, the system prompt)
 so the same runners (text agents, the model through the rollout pool) evaluate both.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,9 @@ class Eval1Family(TaskFamily):
   def __init__(self, task_name: str):
     super().__init__(seed=0)
     if task_name not in eval1.TASK_NAMES:
-      raise EvalInputError(f"unknown Eval1 task {task_name!r}; expected one of {list(eval1.TASK_NAMES)}")
+      raise EvalInputError(
+          f"unknown Eval1 task {task_name!r}; expected one of {list(eval1.TASK_NAMES)}"
+      )
     self.name = task_name
     self.tools = ()
 
@@ -39,30 +42,43 @@ class Eval1Family(TaskFamily):
 
 def eval1_instance(row: eval1.Eval1Row) -> TaskInstance:
   """An Eval1 row as a TaskInstance; instance_id 'eval1/<task_name>/<task_instance_id>' (the grading key)."""
-  return TaskInstance(task_name=row.task_name, instance_id=f"eval1/{row.task_name}/{row.task_instance_id}",
-                      prompt=row.prompt, answer=row.answer, split=row.split,
-                      metadata={"eval1_instance_id": row.instance_id, "task_instance_id": row.task_instance_id})
+  return TaskInstance(
+      task_name=row.task_name,
+      instance_id=f"eval1/{row.task_name}/{row.task_instance_id}",
+      prompt=row.prompt,
+      answer=row.answer,
+      split=row.split,
+      metadata={"eval1_instance_id": row.instance_id, "task_instance_id": row.task_instance_id},
+  )
 
 
 def _select(names: Sequence[str], known: Sequence[str], where: str) -> list[str]:
   unknown = [n for n in names if n not in known]
   if unknown:
-    raise EvalInputError(f"{where}: unknown task name(s) {unknown}; expected some of {list(known)} "
-                         f"(pass --tasks with comma-separated names, or omit it for all)")
+    raise EvalInputError(
+        f"{where}: unknown task name(s) {unknown}; expected some of {list(known)} "
+        f"(pass --tasks with comma-separated names, or omit it for all)"
+    )
   return list(names)
 
 
-def load_eval1(path: str, tasks: Sequence[str] = (), limit_per_task: int = 0,
-               tools: Sequence[str] = COMMON_TOOLS) -> tuple[list[TaskInstance], dict[str, FamilyEnvironment]]:
+def load_eval1(
+    path: str,
+    tasks: Sequence[str] = (),
+    limit_per_task: int = 0,
+    tools: Sequence[str] = COMMON_TOOLS,
+) -> tuple[list[TaskInstance], dict[str, FamilyEnvironment]]:
   """Instances of an Eval1 file (.parquet or .jsonl), optionally only `tasks`, at most limit_per_task each.
 
   tools: what each task's sandbox session offers (the offline lookups by default; Eval1's own tools and
   data lakes are not available offline).
   """
   if not os.path.isfile(path):
-    raise EvalInputError(f"--data: {path!r} is not a file; expected the Eval1 parquet "
-                         f"(biomni_eval1_dataset.parquet from the Hugging Face dataset biomni/Eval1) or a jsonl "
-                         f"with its columns, e.g. ../shared/data/eval1_sample/eval1_sample_50.jsonl")
+    raise EvalInputError(
+        f"--data: {path!r} is not a file; expected the Eval1 parquet "
+        f"(biomni_eval1_dataset.parquet from the Hugging Face dataset biomni/Eval1) or a jsonl "
+        f"with its columns, e.g. ../shared/data/eval1_sample/eval1_sample_50.jsonl"
+    )
   try:
     rows = eval1.load(path)
   except (eval1.Eval1FormatError, ValueError) as e:
@@ -78,13 +94,19 @@ def load_eval1(path: str, tasks: Sequence[str] = (), limit_per_task: int = 0,
       continue
     instances.append(eval1_instance(row))
   if not instances:
-    raise EvalInputError(f"--data: {path!r} holds no rows of the requested tasks {sorted(wanted or [])}")
-  envs = {name: family_environment(Eval1Family(name), tools) for name in {x.task_name for x in instances}}
+    raise EvalInputError(
+        f"--data: {path!r} holds no rows of the requested tasks {sorted(wanted or [])}"
+    )
+  envs = {
+      name: family_environment(Eval1Family(name), tools)
+      for name in {x.task_name for x in instances}
+  }
   return instances, envs
 
 
-def load_embedded(tasks: Sequence[str] = (), split: str = "val", per_family: int = 8, seed: int = 0
-                  ) -> tuple[list[TaskInstance], dict[str, FamilyEnvironment]]:
+def load_embedded(
+    tasks: Sequence[str] = (), split: str = "val", per_family: int = 8, seed: int = 0
+) -> tuple[list[TaskInstance], dict[str, FamilyEnvironment]]:
   """`per_family` instances of each embedded family (default: all registered) from `split`."""
   names = _select(tasks, family_names(), "--tasks") if tasks else family_names()
   if per_family < 1:

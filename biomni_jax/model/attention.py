@@ -10,6 +10,7 @@ With a mesh, the kernel runs under `shard_map`: batch over (data, fsdp), heads o
 sequence. Context parallelism all-gathers K/V (and their segment ids) over `sequence`, so each chip holds
 T / sequence queries against the whole sequence; `q_index` carries each query's global position.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -32,6 +33,7 @@ def register_kernel(name: str, fn: Callable) -> None:
 
 def _splash(q, k, v, *, q_index, q_segment, kv_segment, scale, **unused):
   from biomni_jax.model.splash import splash_attention  # imports Pallas TPU code only when used
+
   del q_index, unused
   return splash_attention(q, k, v, q_segment=q_segment, kv_segment=kv_segment, scale=scale)
 
@@ -39,7 +41,9 @@ def _splash(q, k, v, *, q_index, q_segment, kv_segment, scale, **unused):
 KERNELS["splash"] = _splash
 
 
-def choose_kernel(impl: str, *, platform: str, full_sequence: bool, seq_len: int, head_dim: int) -> str:
+def choose_kernel(
+    impl: str, *, platform: str, full_sequence: bool, seq_len: int, head_dim: int
+) -> str:
   """'auto' -> splash on TPU when the shapes suit it (causal from position 0, tileable), else blockwise."""
   if impl != "auto":
     if impl not in KERNELS:
@@ -50,19 +54,34 @@ def choose_kernel(impl: str, *, platform: str, full_sequence: bool, seq_len: int
   return "blockwise"
 
 
-def attend(q, k, v, *, q_index, q_segment, kv_segment, scale: float, impl: str = "auto",
-           block_q: int = 512, block_kv: int = 512, sharding: ShardingRules | None = None,
-           kv_is_sequence_sharded: bool = True):
+def attend(
+    q,
+    k,
+    v,
+    *,
+    q_index,
+    q_segment,
+    kv_segment,
+    scale: float,
+    impl: str = "auto",
+    block_q: int = 512,
+    block_kv: int = 512,
+    sharding: ShardingRules | None = None,
+    kv_is_sequence_sharded: bool = True,
+):
   """Attention on the mesh. `kv_is_sequence_sharded`: K/V follow the queries' `length` axis (training,
   prefill without cache); False for a KV cache whose length axis is not sharded."""
   platform = platform_of(sharding)
   seq_shards = sharding.axis_size("length") if sharding is not None else 1
   full_sequence = kv_is_sequence_sharded and seq_shards == 1 and q.shape[1] == k.shape[1]
-  name = choose_kernel(impl, platform=platform, full_sequence=full_sequence, seq_len=q.shape[1],
-                       head_dim=q.shape[-1])
+  name = choose_kernel(
+      impl, platform=platform, full_sequence=full_sequence, seq_len=q.shape[1], head_dim=q.shape[-1]
+  )
   if name == "splash" and not full_sequence:
-    raise ValueError("splash attention needs queries and keys over the same unsharded sequence; "
-                     "use attention_impl='blockwise' for caches and context parallelism")
+    raise ValueError(
+        "splash attention needs queries and keys over the same unsharded sequence; "
+        "use attention_impl='blockwise' for caches and context parallelism"
+    )
   kernel = KERNELS[name]
   kwargs = dict(scale=scale, block_q=block_q, block_kv=block_kv)
   if sharding is None:
@@ -77,9 +96,15 @@ def attend(q, k, v, *, q_index, q_segment, kv_segment, scale: float, impl: str =
 
   def local(q, k, v, q_index, q_segment, kv_segment):
     if seq_axis is not None:  # context parallelism: every query shard sees the whole K/V
-      k, v, kv_segment = (jax.lax.all_gather(x, seq_axis, axis=1, tiled=True) for x in (k, v, kv_segment))
+      k, v, kv_segment = (
+          jax.lax.all_gather(x, seq_axis, axis=1, tiled=True) for x in (k, v, kv_segment)
+      )
     return kernel(q, k, v, q_index=q_index, q_segment=q_segment, kv_segment=kv_segment, **kwargs)
 
-  return jax.shard_map(local, mesh=sharding.mesh,
-                       in_specs=(q_spec, kv_spec, kv_spec, tok_spec, tok_spec, kv_tok_spec),
-                       out_specs=q_spec, check_vma=False)(q, k, v, q_index, q_segment, kv_segment)
+  return jax.shard_map(
+      local,
+      mesh=sharding.mesh,
+      in_specs=(q_spec, kv_spec, kv_spec, tok_spec, tok_spec, kv_tok_spec),
+      out_specs=q_spec,
+      check_vma=False,
+  )(q, k, v, q_index, q_segment, kv_segment)

@@ -14,6 +14,7 @@ The backward (FlashAttention-2) recomputes scores per block from the saved log-s
     p = e^{s - L},  dv = p^T do,  dp = do v^T,  ds = p * (dp - rowsum(do * o)),  dq = ds k,  dk = ds^T q.
 Lengths that are not a multiple of the block are padded with segment ids that never match.
 """
+
 from __future__ import annotations
 
 import functools
@@ -67,17 +68,28 @@ def _split(q, k, v, q_index, q_segment, kv_segment, block_q, block_kv):
   """Pads and cuts into blocks, block index first and heads before tokens, so that a loop step slices one
   contiguous block and every block product is a plain batched matmul over (B, K) (XLA:CPU otherwise
   copies each score block into a transposed layout):
-    q [nq, B, K, G, bq, D], k/v [nk, B, K, bk, D], q_index/q_segment [nq, B, bq], kv_segment [nk, B, bk]."""
+    q [nq, B, K, G, bq, D], k/v [nk, B, K, bk, D], q_index/q_segment [nq, B, bq], kv_segment [nk, B, bk].
+  """
   b, kh = q.shape[0], k.shape[2]
 
   def kv_blocks(x):
-    return _pad_axis(x, block_kv, 1, 0).reshape(b, -1, block_kv, kh, x.shape[-1]).transpose(1, 0, 3, 2, 4)
+    return (
+        _pad_axis(x, block_kv, 1, 0)
+        .reshape(b, -1, block_kv, kh, x.shape[-1])
+        .transpose(1, 0, 3, 2, 4)
+    )
 
   def token_blocks(x, block, pad_value):
     return _pad_axis(x, block, 1, pad_value).reshape(b, -1, block).transpose(1, 0, 2)
 
-  return (_split_q(q, block_q, kh), kv_blocks(k), kv_blocks(v), token_blocks(q_index, block_q, -1),
-          token_blocks(q_segment, block_q, _Q_PAD_SEGMENT), token_blocks(kv_segment, block_kv, _KV_PAD_SEGMENT))
+  return (
+      _split_q(q, block_q, kh),
+      kv_blocks(k),
+      kv_blocks(v),
+      token_blocks(q_index, block_q, -1),
+      token_blocks(q_segment, block_q, _Q_PAD_SEGMENT),
+      token_blocks(kv_segment, block_kv, _KV_PAD_SEGMENT),
+  )
 
 
 def _unsplit_q(x, b: int, t: int):
@@ -104,16 +116,23 @@ def _forward(q, k, v, q_index, q_segment, kv_segment, scale, block_q, block_kv):
       p = jnp.exp(s - m_new[..., None]) * mask
       correction = jnp.exp(m - m_new)
       l = l * correction + p.sum(-1)
-      pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vb.dtype), vb[j], preferred_element_type=jnp.float32)
+      pv = jnp.einsum(
+          "bkgqs,bksd->bkgqd", p.astype(vb.dtype), vb[j], preferred_element_type=jnp.float32
+      )
       o = o * correction[..., None] + pv
       return o, m_new, l
 
-    init = (jnp.zeros((b, kh, g, block_q, d), jnp.float32), jnp.full((b, kh, g, block_q), _NEG, jnp.float32),
-            jnp.zeros((b, kh, g, block_q), jnp.float32))
+    init = (
+        jnp.zeros((b, kh, g, block_q, d), jnp.float32),
+        jnp.full((b, kh, g, block_q), _NEG, jnp.float32),
+        jnp.zeros((b, kh, g, block_q), jnp.float32),
+    )
     o, m, l = lax.fori_loop(0, _num_kv_blocks(qi_blk, block_kv, nk), body, init)
     safe_l = jnp.where(l > 0, l, 1.0)
     o = jnp.where((l > 0)[..., None], o / safe_l[..., None], 0.0)
-    lse = jnp.where(l > 0, m + jnp.log(safe_l), -_NEG)  # +huge: exp(s - lse) = 0 for fully masked rows
+    lse = jnp.where(
+        l > 0, m + jnp.log(safe_l), -_NEG
+    )  # +huge: exp(s - lse) = 0 for fully masked rows
     return o, lse
 
   # lax.map runs query blocks sequentially so only one block's scores exist at a time.
@@ -133,8 +152,11 @@ def _backward(q, k, v, q_index, q_segment, kv_segment, out, lse, d_out, scale, b
   ktb, vtb = jnp.swapaxes(kb, -1, -2), jnp.swapaxes(vb, -1, -2)  # [nk, B, K, D, bk]
   qtb, dotb = (jnp.transpose(x, (0, 1, 2, 5, 3, 4)) for x in (qb, dob))  # [nq, B, K, D, G, bq]
   # delta_i = rowsum(do_i * o_i), blocked as lse: [nq, B, K, G, bq]
-  delta = jnp.einsum("nbkgqd,nbkgqd->nbkgq", dob.astype(jnp.float32),
-                     _split_q(out, block_q, k.shape[2]).astype(jnp.float32))
+  delta = jnp.einsum(
+      "nbkgqd,nbkgqd->nbkgq",
+      dob.astype(jnp.float32),
+      _split_q(out, block_q, k.shape[2]).astype(jnp.float32),
+  )
 
   def dq_for_query_block(args):
     q_blk, qi_blk, qs_blk, do_blk, lse_blk, delta_blk = args
@@ -144,8 +166,13 @@ def _backward(q, k, v, q_index, q_segment, kv_segment, out, lse, d_out, scale, b
       p = jnp.exp(s - lse_blk[..., None]) * mask
       dp = jnp.einsum("bkgqd,bkds->bkgqs", do_blk, vtb[j], preferred_element_type=jnp.float32)
       ds = p * (dp - delta_blk[..., None])
-      return dq + jnp.einsum("bkgqs,bksd->bkgqd", ds.astype(kb.dtype), kb[j],
-                             preferred_element_type=jnp.float32) * scale
+      return (
+          dq
+          + jnp.einsum(
+              "bkgqs,bksd->bkgqd", ds.astype(kb.dtype), kb[j], preferred_element_type=jnp.float32
+          )
+          * scale
+      )
 
     dq = jnp.zeros(q_blk.shape, jnp.float32)
     return lax.fori_loop(0, _num_kv_blocks(qi_blk, block_kv, nk), body, dq)
@@ -162,16 +189,28 @@ def _backward(q, k, v, q_index, q_segment, kv_segment, out, lse, d_out, scale, b
       def accumulate(acc):
         dk, dv = acc
         # Transposed scores [B, K, bk, G, bq] of this (kv block, query block) pair.
-        s_t = jnp.einsum("bksd,bkdgq->bksgq", k_blk, qtb[i], preferred_element_type=jnp.float32) * scale
+        s_t = (
+            jnp.einsum("bksd,bkdgq->bksgq", k_blk, qtb[i], preferred_element_type=jnp.float32)
+            * scale
+        )
         mask_t = jnp.swapaxes(_block_mask(qib[i], qsb[i], ks_blk, j * block_kv, block_kv), 1, 2)
         mask_t = mask_t[:, None, :, None, :]
         p_t = jnp.exp(jnp.where(mask_t, s_t, _NEG) - lse[i][:, :, None]) * mask_t
-        dv = dv + jnp.einsum("bksgq,bkgqd->bksd", p_t.astype(dob.dtype), dob[i],
-                             preferred_element_type=jnp.float32)
+        dv = dv + jnp.einsum(
+            "bksgq,bkgqd->bksd", p_t.astype(dob.dtype), dob[i], preferred_element_type=jnp.float32
+        )
         dp_t = jnp.einsum("bksd,bkdgq->bksgq", v_blk, dotb[i], preferred_element_type=jnp.float32)
         ds_t = p_t * (dp_t - delta[i][:, :, None])
-        dk = dk + jnp.einsum("bksgq,bkgqd->bksd", ds_t.astype(qb.dtype), qb[i],
-                             preferred_element_type=jnp.float32) * scale
+        dk = (
+            dk
+            + jnp.einsum(
+                "bksgq,bkgqd->bksd",
+                ds_t.astype(qb.dtype),
+                qb[i],
+                preferred_element_type=jnp.float32,
+            )
+            * scale
+        )
         return dk, dv
 
       return lax.cond(q_block_max[i] >= j * block_kv, accumulate, lambda acc: acc, acc)
@@ -181,8 +220,10 @@ def _backward(q, k, v, q_index, q_segment, kv_segment, out, lse, d_out, scale, b
 
   dk, dv = lax.map(dkv_for_kv_block, (jnp.arange(nk), kb, vb, ksb))
   # [nk, B, K, bk, D] -> [B, S, K, D]
-  dk, dv = (jnp.transpose(x, (1, 0, 3, 2, 4)).reshape(b, nk * block_kv, x.shape[2], d)[:, :s_len]
-            for x in (dk, dv))
+  dk, dv = (
+      jnp.transpose(x, (1, 0, 3, 2, 4)).reshape(b, nk * block_kv, x.shape[2], d)[:, :s_len]
+      for x in (dk, dv)
+  )
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
@@ -198,20 +239,41 @@ def _attention_fwd(q, k, v, q_index, q_segment, kv_segment, scale, block_q, bloc
 
 def _attention_bwd(scale, block_q, block_kv, residuals, d_out):
   q, k, v, q_index, q_segment, kv_segment, out, lse = residuals
-  dq, dk, dv = _backward(q, k, v, q_index, q_segment, kv_segment, out, lse, d_out, scale, block_q, block_kv)
+  dq, dk, dv = _backward(
+      q, k, v, q_index, q_segment, kv_segment, out, lse, d_out, scale, block_q, block_kv
+  )
   return dq, dk, dv, None, None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def blockwise_attention(q, k, v, *, q_index, q_segment, kv_segment, scale: float,
-                        block_q: int = 512, block_kv: int = 512):
+def blockwise_attention(
+    q,
+    k,
+    v,
+    *,
+    q_index,
+    q_segment,
+    kv_segment,
+    scale: float,
+    block_q: int = 512,
+    block_kv: int = 512,
+):
   """Causal, segment-masked attention; see the module docstring for shapes. Returns [B, T, H, D]."""
   block_q = min(block_q, q.shape[1])
   block_kv = min(block_kv, k.shape[1])
-  return _attention(q, k, v, q_index.astype(jnp.int32), q_segment.astype(jnp.int32),
-                    kv_segment.astype(jnp.int32), float(scale), int(block_q), int(block_kv))
+  return _attention(
+      q,
+      k,
+      v,
+      q_index.astype(jnp.int32),
+      q_segment.astype(jnp.int32),
+      kv_segment.astype(jnp.int32),
+      float(scale),
+      int(block_q),
+      int(block_kv),
+  )
 
 
 def reference_attention(q, k, v, *, q_index, q_segment, kv_segment, scale: float, **unused):
@@ -222,7 +284,9 @@ def reference_attention(q, k, v, *, q_index, q_segment, kv_segment, scale: float
   qg = q.reshape(b, t, kh, h // kh, d)
   s = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32) * scale
   kv_pos = jnp.arange(k.shape[1])
-  mask = (kv_pos[None, None, :] <= q_index[:, :, None]) & (q_segment[:, :, None] == kv_segment[:, None, :])
+  mask = (kv_pos[None, None, :] <= q_index[:, :, None]) & (
+      q_segment[:, :, None] == kv_segment[:, None, :]
+  )
   mask = mask[:, None, None]
   s = jnp.where(mask, s, _NEG)
   p = jnp.exp(s - s.max(-1, keepdims=True)) * mask

@@ -3,6 +3,7 @@
 `ModelConfig` is a frozen dataclass (hashable, so it can be a static argument of `jax.jit`). It holds the
 architecture only; where tensors live on a mesh is decided by `biomni_jax.sharding`, never here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,10 @@ class ModelConfig:
 
   def __post_init__(self):
     if self.num_attention_heads % self.num_key_value_heads:
-      raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-                       f"num_key_value_heads={self.num_key_value_heads}")
+      raise ValueError(
+          f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+          f"num_key_value_heads={self.num_key_value_heads}"
+      )
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
     if self.dtype not in ("float32", "bfloat16"):
@@ -66,13 +69,20 @@ class ModelConfig:
 
   def with_yarn(self, factor: float, original_max_position_embeddings: int) -> "ModelConfig":
     """YaRN as Qwen3 documents it: e.g. factor 2 over 32,768 native positions gives 65,536."""
-    return self.replace(rope_scaling_factor=float(factor),
-                        rope_original_max_position_embeddings=int(original_max_position_embeddings),
-                        max_position_embeddings=int(factor * original_max_position_embeddings))
+    return self.replace(
+        rope_scaling_factor=float(factor),
+        rope_original_max_position_embeddings=int(original_max_position_embeddings),
+        max_position_embeddings=int(factor * original_max_position_embeddings),
+    )
 
   def num_params(self) -> int:
-    e, m, h, k, d = (self.hidden_size, self.intermediate_size, self.num_attention_heads,
-                     self.num_key_value_heads, self.head_dim)
+    e, m, h, k, d = (
+        self.hidden_size,
+        self.intermediate_size,
+        self.num_attention_heads,
+        self.num_key_value_heads,
+        self.head_dim,
+    )
     attn = e * h * d + 2 * e * k * d + h * d * e + 2 * d
     layer = attn + 3 * e * m + 2 * e
     head = 0 if self.tie_word_embeddings else self.vocab_size * e
@@ -84,8 +94,13 @@ class ModelConfig:
     Attention: QK^T and PV cost 2 * 2 * H * D FLOPs per (query, key) pair; a causal query sees on average
     seq_len / 2 keys.
     """
-    e, m, h, k, d = (self.hidden_size, self.intermediate_size, self.num_attention_heads,
-                     self.num_key_value_heads, self.head_dim)
+    e, m, h, k, d = (
+        self.hidden_size,
+        self.intermediate_size,
+        self.num_attention_heads,
+        self.num_key_value_heads,
+        self.head_dim,
+    )
     layer_matmul = e * h * d + 2 * e * k * d + h * d * e + 3 * e * m
     dense = 2.0 * (self.num_hidden_layers * layer_matmul + self.vocab_size * e)
     attn = 2.0 * 2.0 * self.num_hidden_layers * h * d * seq_len / 2
@@ -93,27 +108,69 @@ class ModelConfig:
 
 
 # Published hyperparameters (Hugging Face config.json of each Qwen3 release).
-_QWEN3_COMMON = dict(vocab_size=151_936, head_dim=128, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
-                     max_position_embeddings=40_960)
+_QWEN3_COMMON = dict(
+    vocab_size=151_936,
+    head_dim=128,
+    rms_norm_eps=1e-6,
+    rope_theta=1_000_000.0,
+    max_position_embeddings=40_960,
+)
 
 PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=10_000.0,
-                        max_position_embeddings=4096, attention_block_q=64, attention_block_kv=64,
-                        logits_chunk=128),
+    "tiny": ModelConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rope_theta=10_000.0,
+        max_position_embeddings=4096,
+        attention_block_q=64,
+        attention_block_kv=64,
+        logits_chunk=128,
+    ),
     # ~100M parameters: the benchmark size.
-    "bench_100m": ModelConfig(vocab_size=32_768, hidden_size=768, intermediate_size=3072, num_hidden_layers=10,
-                              num_attention_heads=12, num_key_value_heads=4, head_dim=64,
-                              rope_theta=1_000_000.0, max_position_embeddings=40_960, tie_word_embeddings=True),
-    "qwen3_0_6b": ModelConfig(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                              num_attention_heads=16, num_key_value_heads=8, tie_word_embeddings=True,
-                              **_QWEN3_COMMON),
-    "qwen3_8b": ModelConfig(hidden_size=4096, intermediate_size=12_288, num_hidden_layers=36,
-                            num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False,
-                            **_QWEN3_COMMON),
-    "qwen3_32b": ModelConfig(hidden_size=5120, intermediate_size=25_600, num_hidden_layers=64,
-                             num_attention_heads=64, num_key_value_heads=8, tie_word_embeddings=False,
-                             **_QWEN3_COMMON),
+    "bench_100m": ModelConfig(
+        vocab_size=32_768,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=10,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        head_dim=64,
+        rope_theta=1_000_000.0,
+        max_position_embeddings=40_960,
+        tie_word_embeddings=True,
+    ),
+    "qwen3_0_6b": ModelConfig(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+        **_QWEN3_COMMON,
+    ),
+    "qwen3_8b": ModelConfig(
+        hidden_size=4096,
+        intermediate_size=12_288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+        **_QWEN3_COMMON,
+    ),
+    "qwen3_32b": ModelConfig(
+        hidden_size=5120,
+        intermediate_size=25_600,
+        num_hidden_layers=64,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+        **_QWEN3_COMMON,
+    ),
 }
 
 
@@ -121,4 +178,3 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
   if name not in PRESETS:
     raise KeyError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
   return PRESETS[name].replace(**overrides)
-

@@ -5,6 +5,7 @@ used for loading and for saving. HF stores Linear weights as [out, in]; we store
 with heads split out (q_proj: HF [H*D, E] <-> ours [E, H, D]). Per-layer HF tensors are stacked along a
 leading `layers` axis (our layers are scanned).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,8 @@ _LAYER = "model.layers.{i}."
 
 @dataclasses.dataclass(frozen=True)
 class _Entry:
-  hf: str                      # HF name; "{i}" marks a per-layer tensor
-  ours: tuple[str, ...]        # path in params
+  hf: str  # HF name; "{i}" marks a per-layer tensor
+  ours: tuple[str, ...]  # path in params
   to_ours: Callable[[np.ndarray, ModelConfig], np.ndarray]
   to_hf: Callable[[np.ndarray, ModelConfig], np.ndarray]
 
@@ -65,13 +66,42 @@ _KV_HEADS = _heads_in(lambda c: c.num_key_value_heads)
 _KEY_MAP: tuple[_Entry, ...] = (
     _Entry("model.embed_tokens.weight", ("embed_tokens", "embedding"), _same, _same),
     _Entry(_LAYER + "input_layernorm.weight", ("layers", "input_layernorm", "scale"), _same, _same),
-    _Entry(_LAYER + "self_attn.q_proj.weight", ("layers", "self_attn", "q_proj", "kernel"), _Q_HEADS, _heads_out),
-    _Entry(_LAYER + "self_attn.k_proj.weight", ("layers", "self_attn", "k_proj", "kernel"), _KV_HEADS, _heads_out),
-    _Entry(_LAYER + "self_attn.v_proj.weight", ("layers", "self_attn", "v_proj", "kernel"), _KV_HEADS, _heads_out),
-    _Entry(_LAYER + "self_attn.o_proj.weight", ("layers", "self_attn", "o_proj", "kernel"), _o_in, _o_out),
-    _Entry(_LAYER + "self_attn.q_norm.weight", ("layers", "self_attn", "q_norm", "scale"), _same, _same),
-    _Entry(_LAYER + "self_attn.k_norm.weight", ("layers", "self_attn", "k_norm", "scale"), _same, _same),
-    _Entry(_LAYER + "post_attention_layernorm.weight", ("layers", "post_attention_layernorm", "scale"), _same, _same),
+    _Entry(
+        _LAYER + "self_attn.q_proj.weight",
+        ("layers", "self_attn", "q_proj", "kernel"),
+        _Q_HEADS,
+        _heads_out,
+    ),
+    _Entry(
+        _LAYER + "self_attn.k_proj.weight",
+        ("layers", "self_attn", "k_proj", "kernel"),
+        _KV_HEADS,
+        _heads_out,
+    ),
+    _Entry(
+        _LAYER + "self_attn.v_proj.weight",
+        ("layers", "self_attn", "v_proj", "kernel"),
+        _KV_HEADS,
+        _heads_out,
+    ),
+    _Entry(
+        _LAYER + "self_attn.o_proj.weight",
+        ("layers", "self_attn", "o_proj", "kernel"),
+        _o_in,
+        _o_out,
+    ),
+    _Entry(
+        _LAYER + "self_attn.q_norm.weight", ("layers", "self_attn", "q_norm", "scale"), _same, _same
+    ),
+    _Entry(
+        _LAYER + "self_attn.k_norm.weight", ("layers", "self_attn", "k_norm", "scale"), _same, _same
+    ),
+    _Entry(
+        _LAYER + "post_attention_layernorm.weight",
+        ("layers", "post_attention_layernorm", "scale"),
+        _same,
+        _same,
+    ),
     _Entry(_LAYER + "mlp.gate_proj.weight", ("layers", "mlp", "gate_proj", "kernel"), _t, _t),
     _Entry(_LAYER + "mlp.up_proj.weight", ("layers", "mlp", "up_proj", "kernel"), _t, _t),
     _Entry(_LAYER + "mlp.down_proj.weight", ("layers", "mlp", "down_proj", "kernel"), _t, _t),
@@ -91,14 +121,26 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> ModelC
   """Parses a Qwen3 config.json dict; rejects what this model does not implement, naming the field."""
   arch = hf.get("architectures") or []
   if hf.get("model_type") != "qwen3" and "Qwen3ForCausalLM" not in arch:
-    raise CheckpointError(f"{source}: unsupported architecture: model_type={hf.get('model_type')!r}, "
-                          f"architectures={arch}; expected model_type 'qwen3' (Qwen3ForCausalLM)")
+    raise CheckpointError(
+        f"{source}: unsupported architecture: model_type={hf.get('model_type')!r}, "
+        f"architectures={arch}; expected model_type 'qwen3' (Qwen3ForCausalLM)"
+    )
   for field, ok in (("attention_bias", False), ("use_sliding_window", False)):
     if hf.get(field, ok) != ok:
-      raise CheckpointError(f"{source}: field {field}={hf[field]!r} is not supported (expected {ok!r})")
+      raise CheckpointError(
+          f"{source}: field {field}={hf[field]!r} is not supported (expected {ok!r})"
+      )
   if hf.get("hidden_act", "silu") != "silu":
-    raise CheckpointError(f"{source}: field hidden_act={hf['hidden_act']!r} is not supported (expected 'silu')")
-  required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    raise CheckpointError(
+        f"{source}: field hidden_act={hf['hidden_act']!r} is not supported (expected 'silu')"
+    )
+  required = (
+      "vocab_size",
+      "hidden_size",
+      "intermediate_size",
+      "num_hidden_layers",
+      "num_attention_heads",
+  )
   missing = [k for k in required if k not in hf]
   if missing:
     raise CheckpointError(f"{source}: missing required field(s) {missing}")
@@ -106,24 +148,37 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> ModelC
   rope.update(hf.get("rope_scaling") or {})
   rope_type = rope.get("rope_type", rope.get("type", "default"))
   if rope_type not in ("default", "yarn"):
-    raise CheckpointError(f"{source}: field rope_type={rope_type!r} is not supported (expected 'default' or 'yarn')")
+    raise CheckpointError(
+        f"{source}: field rope_type={rope_type!r} is not supported (expected 'default' or 'yarn')"
+    )
   heads = hf["num_attention_heads"]
   kwargs = dict(
-      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], intermediate_size=hf["intermediate_size"],
-      num_hidden_layers=hf["num_hidden_layers"], num_attention_heads=heads,
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      intermediate_size=hf["intermediate_size"],
+      num_hidden_layers=hf["num_hidden_layers"],
+      num_attention_heads=heads,
       num_key_value_heads=hf.get("num_key_value_heads", heads),
-      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads, rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+      rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
       rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10_000.0)),
       max_position_embeddings=hf.get("max_position_embeddings", 40_960),
-      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)))
+      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+  )
   if rope_type == "yarn":
-    kwargs.update(rope_scaling_factor=rope.get("factor"),
-                  rope_original_max_position_embeddings=rope.get("original_max_position_embeddings")
-                  or kwargs["max_position_embeddings"],
-                  rope_beta_fast=rope.get("beta_fast") or 32.0, rope_beta_slow=rope.get("beta_slow") or 1.0,
-                  rope_attention_factor=rope.get("attention_factor"), rope_truncate=rope.get("truncate", True))
+    kwargs.update(
+        rope_scaling_factor=rope.get("factor"),
+        rope_original_max_position_embeddings=rope.get("original_max_position_embeddings")
+        or kwargs["max_position_embeddings"],
+        rope_beta_fast=rope.get("beta_fast") or 32.0,
+        rope_beta_slow=rope.get("beta_slow") or 1.0,
+        rope_attention_factor=rope.get("attention_factor"),
+        rope_truncate=rope.get("truncate", True),
+    )
     if kwargs["rope_scaling_factor"] is None:
-      kwargs["rope_scaling_factor"] = kwargs["max_position_embeddings"] / kwargs["rope_original_max_position_embeddings"]
+      kwargs["rope_scaling_factor"] = (
+          kwargs["max_position_embeddings"] / kwargs["rope_original_max_position_embeddings"]
+      )
   kwargs.update(overrides)
   return ModelConfig(**kwargs)
 
@@ -131,21 +186,39 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> ModelC
 def config_to_hf(config: ModelConfig) -> dict:
   rope = {"rope_type": "default", "rope_theta": config.rope_theta}
   if config.rope_scaling_factor is not None:
-    rope.update(rope_type="yarn", factor=config.rope_scaling_factor,
-                original_max_position_embeddings=config.rope_original_max_position_embeddings,
-                beta_fast=config.rope_beta_fast, beta_slow=config.rope_beta_slow, truncate=config.rope_truncate)
+    rope.update(
+        rope_type="yarn",
+        factor=config.rope_scaling_factor,
+        original_max_position_embeddings=config.rope_original_max_position_embeddings,
+        beta_fast=config.rope_beta_fast,
+        beta_slow=config.rope_beta_slow,
+        truncate=config.rope_truncate,
+    )
     if config.rope_attention_factor is not None:
       rope["attention_factor"] = config.rope_attention_factor
   return {
-      "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": config.vocab_size,
-      "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
-      "num_hidden_layers": config.num_hidden_layers, "num_attention_heads": config.num_attention_heads,
-      "num_key_value_heads": config.num_key_value_heads, "head_dim": config.head_dim,
-      "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta, "rope_parameters": rope,
+      "architectures": ["Qwen3ForCausalLM"],
+      "model_type": "qwen3",
+      "vocab_size": config.vocab_size,
+      "hidden_size": config.hidden_size,
+      "intermediate_size": config.intermediate_size,
+      "num_hidden_layers": config.num_hidden_layers,
+      "num_attention_heads": config.num_attention_heads,
+      "num_key_value_heads": config.num_key_value_heads,
+      "head_dim": config.head_dim,
+      "rms_norm_eps": config.rms_norm_eps,
+      "rope_theta": config.rope_theta,
+      "rope_parameters": rope,
       "max_position_embeddings": config.max_position_embeddings,
-      "tie_word_embeddings": config.tie_word_embeddings, "hidden_act": "silu", "attention_bias": False,
-      "attention_dropout": 0.0, "use_sliding_window": False, "torch_dtype": "float32", "dtype": "float32",
-      "bos_token_id": None, "eos_token_id": None,
+      "tie_word_embeddings": config.tie_word_embeddings,
+      "hidden_act": "silu",
+      "attention_bias": False,
+      "attention_dropout": 0.0,
+      "use_sliding_window": False,
+      "torch_dtype": "float32",
+      "dtype": "float32",
+      "bos_token_id": None,
+      "eos_token_id": None,
   }
 
 
@@ -158,7 +231,9 @@ def _open_tensors(path: str) -> dict[str, SafetensorsFile]:
   if os.path.exists(index):
     with open(index) as f:
       weight_map = json.load(f)["weight_map"]
-    files = {name: SafetensorsFile(os.path.join(path, name)) for name in sorted(set(weight_map.values()))}
+    files = {
+        name: SafetensorsFile(os.path.join(path, name)) for name in sorted(set(weight_map.values()))
+    }
     return {tensor: files[fname] for tensor, fname in weight_map.items()}
   single = os.path.join(path, "model.safetensors")
   if not os.path.exists(single):
@@ -179,8 +254,9 @@ def _set_path(tree, path, value):
   tree[path[-1]] = value
 
 
-def load_hf_checkpoint(path: str, dtype=jnp.float32, sharding: ShardingRules | None = None,
-                       **config_overrides) -> tuple[ModelConfig, dict]:
+def load_hf_checkpoint(
+    path: str, dtype=jnp.float32, sharding: ShardingRules | None = None, **config_overrides
+) -> tuple[ModelConfig, dict]:
   """Reads config.json and (sharded) safetensors into (ModelConfig, params).
 
   With `sharding`, each parameter is created directly in its target sharding: every device's shard is cut
@@ -188,7 +264,9 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, sharding: ShardingRules | N
   """
   cfg_path = os.path.join(path, "config.json")
   if not os.path.exists(cfg_path):
-    raise CheckpointError(f"{path}: no config.json (expected a Hugging Face Qwen3 checkpoint directory)")
+    raise CheckpointError(
+        f"{path}: no config.json (expected a Hugging Face Qwen3 checkpoint directory)"
+    )
   with open(cfg_path) as f:
     config = config_from_hf(json.load(f), source=cfg_path, **config_overrides)
   tensors = _open_tensors(path)
@@ -199,10 +277,14 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, sharding: ShardingRules | N
       continue
     target = _get_path(expected, entry.ours)
     per_layer = "{i}" in entry.hf
-    names = [entry.hf.format(i=i) for i in range(config.num_hidden_layers)] if per_layer else [entry.hf]
+    names = (
+        [entry.hf.format(i=i) for i in range(config.num_hidden_layers)] if per_layer else [entry.hf]
+    )
     for name in names:
       if name not in tensors:
-        raise CheckpointError(f"{path}: tensor {name!r} is missing (needed for params/{'/'.join(entry.ours)})")
+        raise CheckpointError(
+            f"{path}: tensor {name!r} is missing (needed for params/{'/'.join(entry.ours)})"
+        )
     want = target.shape[1:] if per_layer else target.shape
 
     def layer(i, entry=entry, names=names, want=want):
@@ -210,18 +292,24 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, sharding: ShardingRules | N
       try:
         w = entry.to_ours(raw, config)
       except ValueError as e:
-        raise CheckpointError(f"{path}: tensor {names[i]!r} has shape {raw.shape}, incompatible with "
-                              f"params/{'/'.join(entry.ours)} of shape {want}: {e}") from None
+        raise CheckpointError(
+            f"{path}: tensor {names[i]!r} has shape {raw.shape}, incompatible with "
+            f"params/{'/'.join(entry.ours)} of shape {want}: {e}"
+        ) from None
       if w.shape != tuple(want):
-        raise CheckpointError(f"{path}: tensor {names[i]!r} has shape {raw.shape}; expected a tensor giving "
-                              f"params/{'/'.join(entry.ours)} shape {tuple(want)}")
+        raise CheckpointError(
+            f"{path}: tensor {names[i]!r} has shape {raw.shape}; expected a tensor giving "
+            f"params/{'/'.join(entry.ours)} shape {tuple(want)}"
+        )
       return w
 
     for i in range(len(names)):  # validate every shape up front, before any device work
       hf_shape = tensors[names[i]].shape(names[i])
       if math.prod(hf_shape) != math.prod(want):
-        raise CheckpointError(f"{path}: tensor {names[i]!r} has shape {hf_shape}; expected "
-                              f"{math.prod(want)} elements for params/{'/'.join(entry.ours)} {tuple(want)}")
+        raise CheckpointError(
+            f"{path}: tensor {names[i]!r} has shape {hf_shape}; expected "
+            f"{math.prod(want)} elements for params/{'/'.join(entry.ours)} {tuple(want)}"
+        )
 
     def shard(index, per_layer=per_layer, layer=layer, n=len(names)):
       if not per_layer:
@@ -242,11 +330,13 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, sharding: ShardingRules | N
 # --------------------------------------------------------------------------------------------- saving
 
 
-def save_hf_checkpoint(config: ModelConfig, params, path: str, *, dtype=np.float32,
-                       max_shard_bytes: int = 4 << 30) -> None:
+def save_hf_checkpoint(
+    config: ModelConfig, params, path: str, *, dtype=np.float32, max_shard_bytes: int = 4 << 30
+) -> None:
   """Writes config.json + safetensors (sharded above `max_shard_bytes`) loadable by
   `transformers.AutoModelForCausalLM.from_pretrained`. Written to a temporary sibling directory and renamed
-  into place, so `path` is either complete or untouched. Only process 0 writes on multi-host runs."""
+  into place, so `path` is either complete or untouched. Only process 0 writes on multi-host runs.
+  """
   host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)  # gathers sharded arrays
   if jax.process_index() != 0:
     return

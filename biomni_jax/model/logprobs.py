@@ -4,6 +4,7 @@ For targets y_t:  logp_t = z_t[y_t] / tau - logsumexp(z_t / tau),  z_t = h_t W  
 The T axis is cut into chunks of `config.logits_chunk`; each chunk's logits exist only inside a
 rematerialized scan step, so forward and backward hold O(B * chunk * V) logits at a time.
 """
+
 from __future__ import annotations
 
 import jax
@@ -14,8 +15,16 @@ from biomni_jax.model.config import ModelConfig
 from biomni_jax.model.qwen3 import lm_head_weight, project_logits
 
 
-def chunked_logprobs(config: ModelConfig, hidden, w_ev, targets, *, chunk: int | None = None,
-                     temperature: float = 1.0, with_entropy: bool = False):
+def chunked_logprobs(
+    config: ModelConfig,
+    hidden,
+    w_ev,
+    targets,
+    *,
+    chunk: int | None = None,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+):
   """hidden [B, T, E], targets int32 [B, T] -> logp float32 [B, T] (and entropy [B, T] if asked)."""
   b, t, _ = hidden.shape
   chunk = min(chunk or config.logits_chunk, t)
@@ -45,9 +54,27 @@ def chunked_logprobs(config: ModelConfig, hidden, w_ev, targets, *, chunk: int |
   return (logp, ent) if with_entropy else logp
 
 
-def token_logprobs(config: ModelConfig, params, tokens, targets, *, positions=None, segment_ids=None,
-                   sharding=None, temperature: float = 1.0, with_entropy: bool = False):
+def token_logprobs(
+    config: ModelConfig,
+    params,
+    tokens,
+    targets,
+    *,
+    positions=None,
+    segment_ids=None,
+    sharding=None,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+):
   """log p(targets[b, t] | tokens[b, :t+1]) float32 [B, T] (targets are usually tokens shifted left)."""
-  hidden = hidden_states(config, params, tokens, positions=positions, segment_ids=segment_ids, sharding=sharding)
-  return chunked_logprobs(config, hidden, lm_head_weight(config, params), targets, temperature=temperature,
-                          with_entropy=with_entropy)
+  hidden = hidden_states(
+      config, params, tokens, positions=positions, segment_ids=segment_ids, sharding=sharding
+  )
+  return chunked_logprobs(
+      config,
+      hidden,
+      lm_head_weight(config, params),
+      targets,
+      temperature=temperature,
+      with_entropy=with_entropy,
+  )

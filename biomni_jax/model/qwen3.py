@@ -16,6 +16,7 @@ One decoder layer:  h = x + o_proj(attn(rope(q_norm(q_proj(n1))), rope(k_norm(k_
 With a KV cache ([layers, B, S, K, D] keys and values), the new tokens' K/V are written at
 `cache_lengths[b] + t` and the queries attend to the whole cache (causally by index).
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -42,13 +43,18 @@ def _constrain(sharding: ShardingRules | None, x, axes):
 
 class RMSNorm(nn.Module):
   """y = x / sqrt(mean(x^2) + eps) * scale, statistics in float32 (as transformers)."""
+
   eps: float
   dtype: jnp.dtype
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],),
-                       jnp.float32)
+    scale = self.param(
+        "scale",
+        nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+        (x.shape[-1],),
+        jnp.float32,
+    )
     xf = x.astype(jnp.float32)
     y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
     return (scale.astype(self.dtype) * y.astype(self.dtype)).astype(self.dtype)
@@ -57,17 +63,26 @@ class RMSNorm(nn.Module):
 def _dense(features, axes, name, dtype, sharding: ShardingRules | None, axis=-1):
   """A bias-free projection of x's trailing `axis` dims. On CPU the token dims [B, T] are merged first:
   XLA:CPU lowers the weight gradient's contraction over two token dims through a transposing copy that
-  made the demo model's training step ~16% slower; on TPU the shapes stay as the sharding rules name them."""
-  dense = nn.DenseGeneral(features, axis=axis, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                          kernel_init=nn.with_logical_partitioning(_INIT, axes), name=name)
+  made the demo model's training step ~16% slower; on TPU the shapes stay as the sharding rules name them.
+  """
+  dense = nn.DenseGeneral(
+      features,
+      axis=axis,
+      use_bias=False,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.with_logical_partitioning(_INIT, axes),
+      name=name,
+  )
   if platform_of(sharding) != "cpu":
     return dense
   n_in = 1 if isinstance(axis, int) else len(axis)
 
   def apply(x):
-    lead = x.shape[:x.ndim - n_in]
-    y = dense(x.reshape((-1,) + x.shape[x.ndim - n_in:]))
+    lead = x.shape[: x.ndim - n_in]
+    y = dense(x.reshape((-1,) + x.shape[x.ndim - n_in :]))
     return y.reshape(lead + y.shape[1:])
+
   return apply
 
 
@@ -76,7 +91,9 @@ class Attention(nn.Module):
   sharding: ShardingRules | None = None
 
   @nn.compact
-  def __call__(self, x, cos, sin, q_index, q_segment, kv_segment, cache_lengths=None, cache_kv=None):
+  def __call__(
+      self, x, cos, sin, q_index, q_segment, kv_segment, cache_lengths=None, cache_kv=None
+  ):
     c, dt = self.config, self.config.compute_dtype
     h, k, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     q = _dense((h, d), ("embed", "heads", "head_dim"), "q_proj", dt, self.sharding)(x)
@@ -85,25 +102,42 @@ class Attention(nn.Module):
     q = apply_rope(RMSNorm(c.rms_norm_eps, dt, name="q_norm")(q), cos, sin)
     key = apply_rope(RMSNorm(c.rms_norm_eps, dt, name="k_norm")(key), cos, sin)
     q = _constrain(self.sharding, q, ("batch", "length", "act_heads", None))
-    kwargs = dict(scale=d ** -0.5, impl=c.attention_impl, block_q=c.attention_block_q,
-                  block_kv=c.attention_block_kv, sharding=self.sharding)
+    kwargs = dict(
+        scale=d**-0.5,
+        impl=c.attention_impl,
+        block_q=c.attention_block_q,
+        block_kv=c.attention_block_kv,
+        sharding=self.sharding,
+    )
     new_cache = None
     if cache_kv is None:
       key = _constrain(self.sharding, key, ("batch", "length", "act_kv_heads", None))
       value = _constrain(self.sharding, value, ("batch", "length", "act_kv_heads", None))
-      out = attention_lib.attend(q, key, value, q_index=q_index, q_segment=q_segment, kv_segment=kv_segment,
-                                 **kwargs)
+      out = attention_lib.attend(
+          q, key, value, q_index=q_index, q_segment=q_segment, kv_segment=kv_segment, **kwargs
+      )
     else:
       cache_k, cache_v = cache_kv  # [B, S, K, D]; callers guarantee cache_lengths + T <= S
-      write = jax.vmap(lambda buf, new, start: jax.lax.dynamic_update_slice_in_dim(buf, new, start, axis=0))
+      write = jax.vmap(
+          lambda buf, new, start: jax.lax.dynamic_update_slice_in_dim(buf, new, start, axis=0)
+      )
       cache_k = write(cache_k, key.astype(cache_k.dtype), cache_lengths)
       cache_v = write(cache_v, value.astype(cache_v.dtype), cache_lengths)
       kv_segment = jnp.zeros(cache_k.shape[:2], jnp.int32)
-      out = attention_lib.attend(q, cache_k.astype(dt), cache_v.astype(dt), q_index=q_index,
-                                 q_segment=jnp.zeros_like(q_index), kv_segment=kv_segment,
-                                 kv_is_sequence_sharded=False, **kwargs)
+      out = attention_lib.attend(
+          q,
+          cache_k.astype(dt),
+          cache_v.astype(dt),
+          q_index=q_index,
+          q_segment=jnp.zeros_like(q_index),
+          kv_segment=kv_segment,
+          kv_is_sequence_sharded=False,
+          **kwargs,
+      )
       new_cache = (cache_k, cache_v)
-    out = _dense(c.hidden_size, ("heads", "head_dim", "embed"), "o_proj", dt, self.sharding, axis=(-2, -1))(out)
+    out = _dense(
+        c.hidden_size, ("heads", "head_dim", "embed"), "o_proj", dt, self.sharding, axis=(-2, -1)
+    )(out)
     return out, new_cache
 
 
@@ -128,39 +162,65 @@ class DecoderLayer(nn.Module):
   def __call__(self, x, cos, sin, q_index, q_segment, kv_segment, cache_lengths, cache_kv):
     c, dt = self.config, self.config.compute_dtype
     attn_out, new_cache = Attention(c, self.sharding, name="self_attn")(
-        RMSNorm(c.rms_norm_eps, dt, name="input_layernorm")(x), cos, sin, q_index, q_segment, kv_segment,
-        cache_lengths, cache_kv)
+        RMSNorm(c.rms_norm_eps, dt, name="input_layernorm")(x),
+        cos,
+        sin,
+        q_index,
+        q_segment,
+        kv_segment,
+        cache_lengths,
+        cache_kv,
+    )
     x = x + attn_out
-    x = x + MLP(c, self.sharding, name="mlp")(RMSNorm(c.rms_norm_eps, dt, name="post_attention_layernorm")(x))
+    x = x + MLP(c, self.sharding, name="mlp")(
+        RMSNorm(c.rms_norm_eps, dt, name="post_attention_layernorm")(x)
+    )
     return _constrain(self.sharding, x, ("batch", "length", "act_embed")), new_cache
 
 
 class Qwen3(nn.Module):
   """tokens int32 [B, T] -> final hidden states [B, T, E] (compute dtype) and the updated KV cache."""
+
   config: ModelConfig
   sharding: ShardingRules | None = None
 
   @nn.compact
   def __call__(self, tokens, positions, q_index, segment_ids, cache_lengths=None, cache=None):
     c, dt = self.config, self.config.compute_dtype
-    embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dt, param_dtype=jnp.float32,
-                     embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")), name="embed_tokens")
+    embed = nn.Embed(
+        c.vocab_size,
+        c.hidden_size,
+        dtype=dt,
+        param_dtype=jnp.float32,
+        embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")),
+        name="embed_tokens",
+    )
     x = _constrain(self.sharding, embed(tokens), ("batch", "length", "act_embed"))
     cos, sin = rope_cos_sin(c, positions)
 
     layer = DecoderLayer
     if c.remat_policy != "none":
       layer = nn.remat(layer, policy=_REMAT[c.remat_policy], prevent_cse=False)
-    stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                    in_axes=(nn.broadcast,) * 6 + (0,), length=c.num_hidden_layers,
-                    metadata_params={nn.PARTITION_NAME: "layers"})
-    x, new_cache = stack(c, self.sharding, name="layers")(x, cos, sin, q_index, segment_ids, segment_ids,
-                                                          cache_lengths, cache)
+    stack = nn.scan(
+        layer,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast,) * 6 + (0,),
+        length=c.num_hidden_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    x, new_cache = stack(c, self.sharding, name="layers")(
+        x, cos, sin, q_index, segment_ids, segment_ids, cache_lengths, cache
+    )
     x = RMSNorm(c.rms_norm_eps, dt, name="norm")(x)
     if not c.tie_word_embeddings:
       # Declared here so the parameter exists; logits are computed by `project_logits` (chunked or not).
-      self.param("lm_head", nn.with_logical_partitioning(_INIT, ("embed", "vocab")),
-                 (c.hidden_size, c.vocab_size), jnp.float32)
+      self.param(
+          "lm_head",
+          nn.with_logical_partitioning(_INIT, ("embed", "vocab")),
+          (c.hidden_size, c.vocab_size),
+          jnp.float32,
+      )
     return x, new_cache
 
 
@@ -174,4 +234,6 @@ def lm_head_weight(config: ModelConfig, params) -> jax.Array:
 def project_logits(config: ModelConfig, hidden, w_ev) -> jax.Array:
   """hidden [..., E] @ w [E, V] -> float32 logits, multiplying in the compute dtype."""
   dt = config.compute_dtype
-  return jnp.einsum("...e,ev->...v", hidden.astype(dt), w_ev.astype(dt), preferred_element_type=jnp.float32)
+  return jnp.einsum(
+      "...e,ev->...v", hidden.astype(dt), w_ev.astype(dt), preferred_element_type=jnp.float32
+  )

@@ -8,6 +8,7 @@ YaRN (https://arxiv.org/abs/2309.00071) blends interpolated (1 / (factor * base^
 frequencies with a linear ramp between the correction dims of `beta_fast` and `beta_slow` rotations, and
 scales cos/sin by `attention_factor = 0.1 * ln(factor) + 1`.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,9 +41,13 @@ def inverse_frequencies(config: ModelConfig) -> tuple[np.ndarray, float]:
   low, high = max(low, 0), min(high, dim - 1)
   if low == high:
     high += 0.001  # avoid a zero-width ramp
-  ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1).astype(np.float32)
+  ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1).astype(
+      np.float32
+  )
   extrapolation_weight = 1 - ramp
-  inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation_weight) + (1.0 / pos_freqs) * extrapolation_weight
+  inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation_weight) + (
+      1.0 / pos_freqs
+  ) * extrapolation_weight
   return inv_freq.astype(np.float32), float(attention_factor)
 
 

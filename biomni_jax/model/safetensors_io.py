@@ -4,6 +4,7 @@ Format: u64 little-endian header size N, N bytes of JSON {name: {dtype, shape, d
 then the raw little-endian tensor bytes. Reading memory-maps the file, so slicing one tensor reads only
 the pages it touches.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,18 @@ import struct
 import ml_dtypes
 import numpy as np
 
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
@@ -52,19 +63,24 @@ class SafetensorsFile:
     if self._mmap is None:
       self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
     start, end = info["data_offsets"]
-    buf = self._mmap[self._data_start + start:self._data_start + end]
+    buf = self._mmap[self._data_start + start : self._data_start + end]
     return buf.view(_DTYPES[info["dtype"]]).reshape(info["shape"])
 
 
-def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str] | None = None) -> None:
+def save_file(
+    tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str] | None = None
+) -> None:
   header, offset = {}, 0
   arrays = {}
   for name in sorted(tensors):
     arr = np.ascontiguousarray(tensors[name])
     if arr.dtype not in _NAMES:
       raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot be written to safetensors")
-    header[name] = {"dtype": _NAMES[arr.dtype], "shape": list(arr.shape),
-                    "data_offsets": [offset, offset + arr.nbytes]}
+    header[name] = {
+        "dtype": _NAMES[arr.dtype],
+        "shape": list(arr.shape),
+        "data_offsets": [offset, offset + arr.nbytes],
+    }
     arrays[name] = arr
     offset += arr.nbytes
   if metadata:

@@ -3,6 +3,7 @@
 Grouped-query attention maps onto splash's multi-query kernel vmapped over kv heads: for kv head k the
 G query heads [k*G, (k+1)*G) share one K/V. Splash applies no softmax scale, so q is pre-scaled.
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,8 +17,16 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ma
 @functools.lru_cache(maxsize=16)
 def _kernel(num_q_heads: int, seq_len: int, block: int):
   mask = sm.MultiHeadMask([sm.CausalMask((seq_len, seq_len)) for _ in range(num_q_heads)])
-  sizes = sk.BlockSizes(block_q=block, block_kv_compute=block, block_kv=block, block_q_dkv=block,
-                        block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+  sizes = sk.BlockSizes(
+      block_q=block,
+      block_kv_compute=block,
+      block_kv=block,
+      block_q_dkv=block,
+      block_kv_dkv=block,
+      block_kv_dkv_compute=block,
+      block_q_dq=block,
+      block_kv_dq=block,
+  )
   return sk.make_splash_mqa_single_device(mask=mask, block_sizes=sizes)
 
 

@@ -28,46 +28,51 @@ from __future__ import annotations
 
 
 class AdmissionControl:
-    def __init__(self, max_staleness: int, groups_per_batch: int, version: int = 0):
-        if max_staleness < 0 or groups_per_batch < 1:
-            raise ValueError(f"AdmissionControl: expected max_staleness >= 0 and groups_per_batch >= 1, "
-                             f"found {max_staleness}, {groups_per_batch}")
-        self.max_staleness = int(max_staleness)
-        self.groups_per_batch = int(groups_per_batch)
-        self.first_version = int(version)
-        self.version = int(version)
-        self.live_groups = 0
 
-    @property
-    def step(self) -> int:
-        return self.version - self.first_version
+  def __init__(self, max_staleness: int, groups_per_batch: int, version: int = 0):
+    if max_staleness < 0 or groups_per_batch < 1:
+      raise ValueError(
+          f"AdmissionControl: expected max_staleness >= 0 and groups_per_batch >= 1, "
+          f"found {max_staleness}, {groups_per_batch}"
+      )
+    self.max_staleness = int(max_staleness)
+    self.groups_per_batch = int(groups_per_batch)
+    self.first_version = int(version)
+    self.version = int(version)
+    self.live_groups = 0
 
-    @property
-    def capacity(self) -> int:
-        """Groups that may have started by now: (S + 1 + step) * B."""
-        return (self.max_staleness + 1 + self.step) * self.groups_per_batch
+  @property
+  def step(self) -> int:
+    return self.version - self.first_version
 
-    def can_admit(self) -> bool:
-        return self.live_groups < self.capacity
+  @property
+  def capacity(self) -> int:
+    """Groups that may have started by now: (S + 1 + step) * B."""
+    return (self.max_staleness + 1 + self.step) * self.groups_per_batch
 
-    def on_admit(self) -> None:
-        self.live_groups += 1
+  def can_admit(self) -> bool:
+    return self.live_groups < self.capacity
 
-    def on_drop(self) -> None:
-        """A group left without being delivered (all its episodes failed): its place is free again."""
-        self.live_groups -= 1
+  def on_admit(self) -> None:
+    self.live_groups += 1
 
-    def publish(self, version: int) -> None:
-        if version < self.version:
-            raise ValueError(f"AdmissionControl.publish: versions must not decrease; current {self.version}, "
-                             f"found {version}")
-        self.version = int(version)
+  def on_drop(self) -> None:
+    """A group left without being delivered (all its episodes failed): its place is free again."""
+    self.live_groups -= 1
 
-    @property
-    def oldest_allowed(self) -> int:
-        """The oldest token version a returned trajectory may hold: current - S."""
-        return self.version - self.max_staleness
+  def publish(self, version: int) -> None:
+    if version < self.version:
+      raise ValueError(
+          f"AdmissionControl.publish: versions must not decrease; current {self.version}, "
+          f"found {version}"
+      )
+    self.version = int(version)
 
-    def is_fresh(self, min_version: int) -> bool:
-        """min_version: the oldest version among a trajectory's sampled tokens (< 0: none sampled)."""
-        return min_version < 0 or min_version >= self.oldest_allowed
+  @property
+  def oldest_allowed(self) -> int:
+    """The oldest token version a returned trajectory may hold: current - S."""
+    return self.version - self.max_staleness
+
+  def is_fresh(self, min_version: int) -> bool:
+    """min_version: the oldest version among a trajectory's sampled tokens (< 0: none sampled)."""
+    return min_version < 0 or min_version >= self.oldest_allowed

@@ -50,55 +50,55 @@ log = logging.getLogger(__name__)
 
 
 class EpisodeAborted(Exception):
-    """Raised inside an episode whose tokens became too stale to ever be returned (the pool restarts it).
+  """Raised inside an episode whose tokens became too stale to ever be returned (the pool restarts it).
 
-    oldest_version: the oldest weight version among the episode's sampled tokens.
-    """
+  oldest_version: the oldest weight version among the episode's sampled tokens.
+  """
 
-    def __init__(self, oldest_version: int, message: str):
-        super().__init__(message)
-        self.oldest_version = oldest_version
+  def __init__(self, oldest_version: int, message: str):
+    super().__init__(message)
+    self.oldest_version = oldest_version
 
 
 def request_seed(*parts: Any) -> int:
-    """A 32-bit sampling seed from the sha256 of the parts (stable across runs)."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:4], "big")
+  """A 32-bit sampling seed from the sha256 of the parts (stable across runs)."""
+  digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+  return int.from_bytes(digest[:4], "big")
 
 
 class _TokenLog:
-    """The growing per-token arrays of one episode (Python lists until the end)."""
+  """The growing per-token arrays of one episode (Python lists until the end)."""
 
-    def __init__(self):
-        self.ids: list[int] = []
-        self.mask: list[int] = []
-        self.logprobs: list[float] = []
-        self.versions: list[int] = []
+  def __init__(self):
+    self.ids: list[int] = []
+    self.mask: list[int] = []
+    self.logprobs: list[float] = []
+    self.versions: list[int] = []
 
-    def add_env(self, ids) -> None:
-        ids = [int(t) for t in ids]
-        self.ids += ids
-        self.mask += [0] * len(ids)
-        self.logprobs += [0.0] * len(ids)
-        self.versions += [-1] * len(ids)
+  def add_env(self, ids) -> None:
+    ids = [int(t) for t in ids]
+    self.ids += ids
+    self.mask += [0] * len(ids)
+    self.logprobs += [0.0] * len(ids)
+    self.versions += [-1] * len(ids)
 
-    def add_sampled(self, ids, logprobs, versions) -> None:
-        self.ids += [int(t) for t in ids]
-        self.mask += [1] * len(ids)
-        self.logprobs += [float(x) for x in logprobs]
-        self.versions += [int(v) for v in versions]
+  def add_sampled(self, ids, logprobs, versions) -> None:
+    self.ids += [int(t) for t in ids]
+    self.mask += [1] * len(ids)
+    self.logprobs += [float(x) for x in logprobs]
+    self.versions += [int(v) for v in versions]
 
-    def min_version(self) -> Optional[int]:
-        sampled = [v for v, m in zip(self.versions, self.mask) if m]
-        return min(sampled) if sampled else None
+  def min_version(self) -> Optional[int]:
+    sampled = [v for v, m in zip(self.versions, self.mask) if m]
+    return min(sampled) if sampled else None
 
 
 def _completion_versions(completion) -> tuple[int, ...]:
-    n = len(completion.token_ids)
-    if len(completion.token_versions) == n:
-        return tuple(completion.token_versions)
-    version = -1 if completion.policy_version is None else completion.policy_version
-    return (version,) * n
+  n = len(completion.token_ids)
+  if len(completion.token_versions) == n:
+    return tuple(completion.token_versions)
+  version = -1 if completion.policy_version is None else completion.policy_version
+  return (version,) * n
 
 
 async def run_token_episode(
@@ -114,117 +114,170 @@ async def run_token_episode(
     attempt: int = 0,
     should_abort: Optional[Callable[[int], bool]] = None,
 ) -> Trajectory:
-    """Run one episode to its end and score it (see the module docstring).
+  """Run one episode to its end and score it (see the module docstring).
 
-    engine: has open_session(), close_session(s) and `async generate(session, new_ids, params) ->
-      Completion` (biomni_jax.sampling.AsyncEngine).
-    tool_runner: the episode's sandbox access; not closed here (the caller owns it).
-    should_abort: called with the oldest weight version among the sampled tokens before every turn;
-      True raises EpisodeAborted (the engine session is closed first).
-    """
-    pcfg = protocol.ProtocolConfig(answer_tag=cfg.answer_tag, max_observation_chars=cfg.max_observation_chars)
-    messages: list[dict[str, Any]] = []
-    if cfg.use_system_prompt:
-        messages.append({"role": "system", "content": env.system})
-    messages.append({"role": "user", "content": instance.prompt})
-    log_ = _TokenLog()
-    log_.add_env(renderer.prompt_ids(messages))
-    prompt_len = len(log_.ids)
-    header = renderer.header("assistant").ids
-    stop = tuple(protocol.stop_strings(pcfg))
+  engine: has open_session(), close_session(s) and `async generate(session, new_ids, params) ->
+    Completion` (biomni_jax.sampling.AsyncEngine).
+  tool_runner: the episode's sandbox access; not closed here (the caller owns it).
+  should_abort: called with the oldest weight version among the sampled tokens before every turn;
+    True raises EpisodeAborted (the engine session is closed first).
+  """
+  pcfg = protocol.ProtocolConfig(
+      answer_tag=cfg.answer_tag, max_observation_chars=cfg.max_observation_chars
+  )
+  messages: list[dict[str, Any]] = []
+  if cfg.use_system_prompt:
+    messages.append({"role": "system", "content": env.system})
+  messages.append({"role": "user", "content": instance.prompt})
+  log_ = _TokenLog()
+  log_.add_env(renderer.prompt_ids(messages))
+  prompt_len = len(log_.ids)
+  header = renderer.header("assistant").ids
+  stop = tuple(protocol.stop_strings(pcfg))
 
-    engine_len = 0  # ids the engine session already holds
-    solution, termination, error, turns, parse_errors = None, "max_turns", None, 0, 0
-    tool_seconds = generate_seconds = 0.0
-    session = engine.open_session()
+  engine_len = 0  # ids the engine session already holds
+  solution, termination, error, turns, parse_errors = None, "max_turns", None, 0, 0
+  tool_seconds = generate_seconds = 0.0
+  session = engine.open_session()
+  try:
+    for turn in range(1, cfg.max_turns + 1):
+      if turn > 1:
+        if len(log_.ids) + len(header) > cfg.max_context_tokens:
+          termination = "context_limit"
+          break
+        log_.add_env(header)
+      elif len(log_.ids) > cfg.max_context_tokens:
+        termination = "context_limit"
+        break
+      oldest = log_.min_version()
+      if should_abort is not None and oldest is not None and should_abort(oldest):
+        raise EpisodeAborted(
+            oldest,
+            f"{instance.instance_id} sample {sample_index}: oldest token version " f"{oldest}",
+        )
+      params = SamplingParams(
+          temperature=cfg.temperature,
+          top_p=cfg.top_p,
+          top_k=cfg.top_k,
+          max_new_tokens=cfg.max_new_tokens_per_turn,
+          stop=stop,
+          stop_token_ids=(renderer.im_end,),
+          seed=request_seed(cfg.seed, instance.instance_id, group_id, sample_index, attempt, turn),
+          priority=group_id,
+      )
+      started = time.monotonic()
+      try:
+        completion = await engine.generate(session, log_.ids[engine_len:], params)
+      except Exception as exc:  # noqa: BLE001 - an engine failure ends only this episode
+        termination, error = "error", f"{type(exc).__name__}: {exc}"
+        break
+      finally:
+        generate_seconds += time.monotonic() - started
+      if completion.finish_reason == "error":
+        termination, error = "error", f"engine finish_reason 'error' ({completion.stop_reason})"
+        break
+      if not completion.token_ids:  # the engine's max_len: nothing fits any more
+        termination = "context_limit"
+        break
+      turns = turn
+      sampled = list(completion.token_ids)
+      log_.add_sampled(sampled, completion.logprobs, _completion_versions(completion))
+      engine_len = len(log_.ids)
+      sampled_eos = sampled[-1] == renderer.im_end
+      reply_ids = sampled[:-1] if sampled_eos else sampled
+      reply = renderer.tokenizer.decode(reply_ids)
+      messages.append({"role": "assistant", "content": reply, "token_ids": reply_ids})
+      suffix = renderer.turn_suffix(sampled_eos)
+      log_.add_env(suffix.ids)  # an appended <|im_end|> was not sampled: mask 0
+
+      parsed = protocol.parse_reply(reply, pcfg)
+      if parsed.kind == "solution":
+        solution, termination = parsed.solution, "solution"
+        break
+      if parsed.kind == "error":
+        parse_errors += 1
+        user_text = parsed.repair
+      else:
+        started = time.monotonic()
+        result = await tool_runner.run(parsed.code, cfg.tool_timeout_s)
+        tool_seconds += time.monotonic() - started
+        user_text = protocol.format_observation(observation_text(result, cfg.tool_timeout_s), pcfg)
+      messages.append({"role": "user", "content": user_text})
+      log_.add_env(renderer.message(messages[-1]).ids)
+      if parsed.kind == "error" and parse_errors >= MAX_PARSE_ERRORS:
+        termination = "parse_errors"
+        break
+  finally:
+    engine.close_session(session)
+
+  return _scored_trajectory(
+      env,
+      instance,
+      cfg,
+      pcfg,
+      log_,
+      messages,
+      solution,
+      turns,
+      termination,
+      error,
+      parse_errors,
+      prompt_len,
+      group_id,
+      tool_seconds,
+      generate_seconds,
+  )
+
+
+def _scored_trajectory(
+    env,
+    instance,
+    cfg,
+    pcfg,
+    log_,
+    messages,
+    solution,
+    turns,
+    termination,
+    error,
+    parse_errors,
+    prompt_len,
+    group_id,
+    tool_seconds,
+    generate_seconds,
+) -> Trajectory:
+  text_messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+  correctness = fmt = 0.0
+  if termination != "error":
+    episode = Episode(text_messages, solution, turns, termination, parse_errors)
     try:
-        for turn in range(1, cfg.max_turns + 1):
-            if turn > 1:
-                if len(log_.ids) + len(header) > cfg.max_context_tokens:
-                    termination = "context_limit"
-                    break
-                log_.add_env(header)
-            elif len(log_.ids) > cfg.max_context_tokens:
-                termination = "context_limit"
-                break
-            oldest = log_.min_version()
-            if should_abort is not None and oldest is not None and should_abort(oldest):
-                raise EpisodeAborted(oldest, f"{instance.instance_id} sample {sample_index}: oldest token version "
-                                             f"{oldest}")
-            params = SamplingParams(
-                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                max_new_tokens=cfg.max_new_tokens_per_turn, stop=stop, stop_token_ids=(renderer.im_end,),
-                seed=request_seed(cfg.seed, instance.instance_id, group_id, sample_index, attempt, turn),
-                priority=group_id)
-            started = time.monotonic()
-            try:
-                completion = await engine.generate(session, log_.ids[engine_len:], params)
-            except Exception as exc:  # noqa: BLE001 - an engine failure ends only this episode
-                termination, error = "error", f"{type(exc).__name__}: {exc}"
-                break
-            finally:
-                generate_seconds += time.monotonic() - started
-            if completion.finish_reason == "error":
-                termination, error = "error", f"engine finish_reason 'error' ({completion.stop_reason})"
-                break
-            if not completion.token_ids:  # the engine's max_len: nothing fits any more
-                termination = "context_limit"
-                break
-            turns = turn
-            sampled = list(completion.token_ids)
-            log_.add_sampled(sampled, completion.logprobs, _completion_versions(completion))
-            engine_len = len(log_.ids)
-            sampled_eos = sampled[-1] == renderer.im_end
-            reply_ids = sampled[:-1] if sampled_eos else sampled
-            reply = renderer.tokenizer.decode(reply_ids)
-            messages.append({"role": "assistant", "content": reply, "token_ids": reply_ids})
-            suffix = renderer.turn_suffix(sampled_eos)
-            log_.add_env(suffix.ids)  # an appended <|im_end|> was not sampled: mask 0
-
-            parsed = protocol.parse_reply(reply, pcfg)
-            if parsed.kind == "solution":
-                solution, termination = parsed.solution, "solution"
-                break
-            if parsed.kind == "error":
-                parse_errors += 1
-                user_text = parsed.repair
-            else:
-                started = time.monotonic()
-                result = await tool_runner.run(parsed.code, cfg.tool_timeout_s)
-                tool_seconds += time.monotonic() - started
-                user_text = protocol.format_observation(observation_text(result, cfg.tool_timeout_s), pcfg)
-            messages.append({"role": "user", "content": user_text})
-            log_.add_env(renderer.message(messages[-1]).ids)
-            if parsed.kind == "error" and parse_errors >= MAX_PARSE_ERRORS:
-                termination = "parse_errors"
-                break
-    finally:
-        engine.close_session(session)
-
-    return _scored_trajectory(env, instance, cfg, pcfg, log_, messages, solution, turns, termination, error,
-                              parse_errors, prompt_len, group_id, tool_seconds, generate_seconds)
-
-
-def _scored_trajectory(env, instance, cfg, pcfg, log_, messages, solution, turns, termination, error,
-                       parse_errors, prompt_len, group_id, tool_seconds, generate_seconds) -> Trajectory:
-    text_messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-    correctness = fmt = 0.0
-    if termination != "error":
-        episode = Episode(text_messages, solution, turns, termination, parse_errors)
-        try:
-            rewards, _, _ = score_episode(env.family, instance, episode, pcfg)
-            correctness, fmt = rewards["correctness"], rewards["format"]
-        except Exception:  # noqa: BLE001 - a grader that chokes on a prediction scores it 0
-            log.exception("episode: scoring %s raised; correctness 0", instance.instance_id)
-            fmt = float(protocol.format_reward([m["content"] for m in text_messages if m["role"] == "assistant"],
-                                               pcfg))
-    token_ids = np.asarray(log_.ids, np.int32)
-    return Trajectory(
-        task_name=instance.task_name, instance_id=instance.instance_id, group_id=group_id,
-        token_ids=token_ids, loss_mask=np.asarray(log_.mask, np.int32),
-        sampler_logprobs=np.asarray(log_.logprobs, np.float32),
-        policy_versions=np.asarray(log_.versions, np.int32), prompt_len=prompt_len,
-        correctness=float(correctness), format=float(fmt), reward=float(correctness + fmt), num_turns=turns,
-        termination=termination, tool_seconds=tool_seconds, generate_seconds=generate_seconds,
-        messages=messages,
-        overlong_and_malformed=bool(len(token_ids) > cfg.overlong_threshold and fmt == 0.0), error=error)
+      rewards, _, _ = score_episode(env.family, instance, episode, pcfg)
+      correctness, fmt = rewards["correctness"], rewards["format"]
+    except Exception:  # noqa: BLE001 - a grader that chokes on a prediction scores it 0
+      log.exception("episode: scoring %s raised; correctness 0", instance.instance_id)
+      fmt = float(
+          protocol.format_reward(
+              [m["content"] for m in text_messages if m["role"] == "assistant"], pcfg
+          )
+      )
+  token_ids = np.asarray(log_.ids, np.int32)
+  return Trajectory(
+      task_name=instance.task_name,
+      instance_id=instance.instance_id,
+      group_id=group_id,
+      token_ids=token_ids,
+      loss_mask=np.asarray(log_.mask, np.int32),
+      sampler_logprobs=np.asarray(log_.logprobs, np.float32),
+      policy_versions=np.asarray(log_.versions, np.int32),
+      prompt_len=prompt_len,
+      correctness=float(correctness),
+      format=float(fmt),
+      reward=float(correctness + fmt),
+      num_turns=turns,
+      termination=termination,
+      tool_seconds=tool_seconds,
+      generate_seconds=generate_seconds,
+      messages=messages,
+      overlong_and_malformed=bool(len(token_ids) > cfg.overlong_threshold and fmt == 0.0),
+      error=error,
+  )

@@ -1,4 +1,5 @@
 """asyncio face of the engine for the rollout pool: `await engine.generate(session, ids, params)`."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,12 @@ class AsyncEngine:
   def close_session(self, session: Session) -> None:
     self.engine.close_session(session)
 
-  async def generate(self, session: Session, new_token_ids: Sequence[int],
-                     sampling_params: Optional[SamplingParams] = None) -> Completion:
+  async def generate(
+      self,
+      session: Session,
+      new_token_ids: Sequence[int],
+      sampling_params: Optional[SamplingParams] = None,
+  ) -> Completion:
     return await asyncio.wrap_future(self.engine.submit(session, new_token_ids, sampling_params))
 
   def update_params(self, params, version: int) -> None:

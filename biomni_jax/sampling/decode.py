@@ -9,6 +9,7 @@ Same math as `model.qwen3` (see its docstring) for one new token per slot, writt
     need (blocks past a row's length add exact zeros with correction e^0 = 1).
 Shapes: tokens/lengths int32 [N]; cache (k, v) each [L, N, S, K, D]; returns logits float32 [N, V].
 """
+
 from __future__ import annotations
 
 import jax
@@ -30,7 +31,8 @@ def _rms_norm(x, scale, eps, dtype):
 
 def cached_attention(cache_k, cache_v, layer: int, q, lengths, block: int, num_blocks):
   """q [N, K, G, D] (already scaled) against cache rows 0..lengths[n] of `layer` -> [N, K*G, D] float32,
-  over kv blocks 0..num_blocks-1 (rows longer than that get a truncated result: only idle rows are)."""
+  over kv blocks 0..num_blocks-1 (rows longer than that get a truncated result: only idle rows are).
+  """
   n, kh, g, d = q.shape
 
   def body(j, carry):
@@ -43,18 +45,24 @@ def cached_attention(cache_k, cache_v, layer: int, q, lengths, block: int, num_b
     m_new = jnp.maximum(m, s.max(-1))
     p = jnp.exp(s - m_new[..., None]) * visible
     correction = jnp.exp(m - m_new)
-    pv = jnp.einsum("nkgs,nskd->nkgd", p.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32)
+    pv = jnp.einsum(
+        "nkgs,nskd->nkgd", p.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32
+    )
     return o * correction[..., None] + pv, m_new, l * correction + p.sum(-1)
 
-  init = (jnp.zeros((n, kh, g, d), jnp.float32), jnp.full((n, kh, g), _NEG, jnp.float32),
-          jnp.zeros((n, kh, g), jnp.float32))
+  init = (
+      jnp.zeros((n, kh, g, d), jnp.float32),
+      jnp.full((n, kh, g), _NEG, jnp.float32),
+      jnp.zeros((n, kh, g), jnp.float32),
+  )
   o, _, l = jax.lax.fori_loop(0, num_blocks, body, init)
   return (o / l[..., None]).reshape(n, kh * g, d)
 
 
 def unstack_layers(params):
   """The params with `layers` as a tuple of per-layer trees (leading axis removed), built once per weight
-  version: slicing the stacked [L, ...] weights inside the step makes XLA copy every weight each token."""
+  version: slicing the stacked [L, ...] weights inside the step makes XLA copy every weight each token.
+  """
   stacked = params["layers"]
   num_layers = jax.tree.leaves(stacked)[0].shape[0]
   out = dict(params)
@@ -62,7 +70,9 @@ def unstack_layers(params):
   return out
 
 
-def decode_forward(config: ModelConfig, params, cache, tokens, lengths, *, block: int = 128, active=None):
+def decode_forward(
+    config: ModelConfig, params, cache, tokens, lengths, *, block: int = 128, active=None
+):
   """Feeds tokens [N] at positions lengths [N]; returns (logits [N, V] float32, new cache).
 
   `params` as `unstack_layers` returns (stacked params work too, slower). Requires lengths < S. Rows of
@@ -82,17 +92,27 @@ def decode_forward(config: ModelConfig, params, cache, tokens, lengths, *, block
   cos, sin = rope_cos_sin(c, lengths[:, None])  # [N, 1, D]
   for layer in range(c.num_hidden_layers):
     layers = params["layers"]
-    p = layers[layer] if isinstance(layers, tuple) else jax.tree.map(lambda a, i=layer: a[i], layers)
+    p = (
+        layers[layer]
+        if isinstance(layers, tuple)
+        else jax.tree.map(lambda a, i=layer: a[i], layers)
+    )
     attn = p["self_attn"]
     h = _rms_norm(x, p["input_layernorm"]["scale"], c.rms_norm_eps, dt)
     q = jnp.einsum("ne,ehd->nhd", h, attn["q_proj"]["kernel"].astype(dt))
     k = jnp.einsum("ne,ehd->nhd", h, attn["k_proj"]["kernel"].astype(dt))
     v = jnp.einsum("ne,ehd->nhd", h, attn["v_proj"]["kernel"].astype(dt))
-    q = apply_rope(_rms_norm(q, attn["q_norm"]["scale"], c.rms_norm_eps, dt)[:, None], cos, sin)[:, 0]
-    k = apply_rope(_rms_norm(k, attn["k_norm"]["scale"], c.rms_norm_eps, dt)[:, None], cos, sin)[:, 0]
+    q = apply_rope(_rms_norm(q, attn["q_norm"]["scale"], c.rms_norm_eps, dt)[:, None], cos, sin)[
+        :, 0
+    ]
+    k = apply_rope(_rms_norm(k, attn["k_norm"]["scale"], c.rms_norm_eps, dt)[:, None], cos, sin)[
+        :, 0
+    ]
     cache_k = cache_k.at[layer, rows, lengths].set(k.astype(cache_k.dtype))
     cache_v = cache_v.at[layer, rows, lengths].set(v.astype(cache_v.dtype))
-    out = cached_attention(cache_k, cache_v, layer, q.reshape(n, kh, g, d) * (d ** -0.5), lengths, block, num_blocks)
+    out = cached_attention(
+        cache_k, cache_v, layer, q.reshape(n, kh, g, d) * (d**-0.5), lengths, block, num_blocks
+    )
     x = x + jnp.einsum("nhd,hde->ne", out.astype(dt), attn["o_proj"]["kernel"].astype(dt))
     mlp = p["mlp"]
     h = _rms_norm(x, p["post_attention_layernorm"]["scale"], c.rms_norm_eps, dt)

@@ -26,6 +26,7 @@ iteration either way. Failures stay local: a bad request or a failing callback f
 request's future; a failing device step fails the requests it carried, rebuilds the cache, and sessions
 re-prefill. The thread itself never exits until `shutdown`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(eq=False)
 class Session:
   """A handle from `Engine.open_session`. Its fields belong to the engine thread; read, never write."""
+
   id: int
   history: list = dataclasses.field(default_factory=list)
   slot: Optional[int] = None
@@ -62,7 +64,9 @@ class Session:
   busy: bool = False
   closed: bool = False
   last_used: int = 0
-  offloaded: Optional[tuple] = None  # host (k, v) [L, P, K, D] of the first `offloaded_len` positions
+  offloaded: Optional[tuple] = (
+      None  # host (k, v) [L, P, K, D] of the first `offloaded_len` positions
+  )
   offloaded_len: int = 0
 
 
@@ -85,21 +89,42 @@ class _Request:
 class Engine:
   """See the module docstring. Thread-safe: `submit`, `open_session`, `close_session`, `update_params`."""
 
-  def __init__(self, config: M.ModelConfig, params, mesh=None, num_slots: int = 8, max_len: int = 4096, *,
-               detokenize: Optional[Callable[[Sequence[int]], str]] = None, max_prefill_chunk: int = 256,
-               min_prefill_bucket: int = 16, decode_block: int = 128, max_prefill_rows: Optional[int] = None,
-               host_offload_bytes: int = 4 << 30, version: int = 0, start: bool = True):
+  def __init__(
+      self,
+      config: M.ModelConfig,
+      params,
+      mesh=None,
+      num_slots: int = 8,
+      max_len: int = 4096,
+      *,
+      detokenize: Optional[Callable[[Sequence[int]], str]] = None,
+      max_prefill_chunk: int = 256,
+      min_prefill_bucket: int = 16,
+      decode_block: int = 128,
+      max_prefill_rows: Optional[int] = None,
+      host_offload_bytes: int = 4 << 30,
+      version: int = 0,
+      start: bool = True,
+  ):
     if num_slots < 1 or max_len < 2:
-      raise ValueError(f"Engine needs num_slots >= 1 and max_len >= 2, found {num_slots}, {max_len}")
+      raise ValueError(
+          f"Engine needs num_slots >= 1 and max_len >= 2, found {num_slots}, {max_len}"
+      )
     self.config, self.num_slots, self.max_len = config, int(num_slots), int(max_len)
     self.rules = mesh if isinstance(mesh, ShardingRules) or mesh is None else ShardingRules(mesh)
     self.detokenize = detokenize
-    self.buckets = kv_cache.prefill_buckets(min(min_prefill_bucket, max_prefill_chunk), max_prefill_chunk)
+    self.buckets = kv_cache.prefill_buckets(
+        min(min_prefill_bucket, max_prefill_chunk), max_prefill_chunk
+    )
     self.max_prefill_rows = min(max_prefill_rows or self.num_slots, self.num_slots)
     self.cache_len = kv_cache.cache_length(self.max_len, max_prefill_chunk, decode_block)
-    self.offload_buckets = kv_cache.prefill_buckets(min(decode_block, self.cache_len), self.cache_len)
+    self.offload_buckets = kv_cache.prefill_buckets(
+        min(decode_block, self.cache_len), self.cache_len
+    )
     self.host_offload_bytes = int(host_offload_bytes)
-    self._offloaded: dict[int, Session] = {}  # session id -> session holding a host copy, oldest first
+    self._offloaded: dict[int, Session] = (
+        {}
+    )  # session id -> session holding a host copy, oldest first
     self._param_shardings = None if self.rules is None else M.param_shardings(config, self.rules)
     self._params, self._version = self._place(params), int(version)
     self._decode_params = unstack_layers(self._params)
@@ -112,10 +137,23 @@ class Engine:
     self._ids = itertools.count()
     self._clock = itertools.count()
     self._stopping = False
-    self.stats = dict(decode_steps=0, decoded_tokens=0, prefill_calls=0, fused_prefills=0, prefill_chunks=0,
-                      prefilled_tokens=0,
-                      evictions=0, offloads=0, restored_tokens=0, step_failures=0, request_failures=0,
-                      admit_seconds=0.0, prefill_seconds=0.0, decode_seconds=0.0, idle_seconds=0.0)
+    self.stats = dict(
+        decode_steps=0,
+        decoded_tokens=0,
+        prefill_calls=0,
+        fused_prefills=0,
+        prefill_chunks=0,
+        prefilled_tokens=0,
+        evictions=0,
+        offloads=0,
+        restored_tokens=0,
+        step_failures=0,
+        request_failures=0,
+        admit_seconds=0.0,
+        prefill_seconds=0.0,
+        decode_seconds=0.0,
+        idle_seconds=0.0,
+    )
     self._thread = threading.Thread(target=self._run, name="biomni-sampling-engine", daemon=True)
     if start:
       self._thread.start()
@@ -135,7 +173,9 @@ class Engine:
     """Compiles every prefill bucket's programs and the decode step now (otherwise each compiles on first
     use, stalling the loop for the compile time). Call before submitting; host offload copies still
     compile per prefix bucket on first use."""
-    self._steps.precompile(self._params, self._decode_params, self._cache, self.max_prefill_rows, self.buckets)
+    self._steps.precompile(
+        self._params, self._decode_params, self._cache, self.max_prefill_rows, self.buckets
+    )
 
   def is_alive(self) -> bool:
     return self._thread.is_alive()
@@ -143,18 +183,26 @@ class Engine:
   def open_session(self) -> Session:
     return Session(id=next(self._ids))
 
-  def submit(self, session: Session, new_token_ids: Sequence[int],
-             sampling_params: Optional[SamplingParams] = None) -> Future:
+  def submit(
+      self,
+      session: Session,
+      new_token_ids: Sequence[int],
+      sampling_params: Optional[SamplingParams] = None,
+  ) -> Future:
     """Appends `new_token_ids` to the session and samples a turn; the future holds a `Completion`."""
     future: Future = Future()
     if self._stopping:
       future.set_exception(RuntimeError("Engine.submit: the engine has been shut down"))
       return future
     tokens = [int(t) for t in np.asarray(new_token_ids, dtype=np.int64).reshape(-1)]
-    self._commands.put(("submit", _Request(session, tokens, sampling_params or SamplingParams(), future)))
+    self._commands.put(
+        ("submit", _Request(session, tokens, sampling_params or SamplingParams(), future))
+    )
     return future
 
-  def generate(self, prompt_ids: Sequence[int], sampling_params: Optional[SamplingParams] = None) -> Future:
+  def generate(
+      self, prompt_ids: Sequence[int], sampling_params: Optional[SamplingParams] = None
+  ) -> Future:
     """A one-turn session, closed when the turn finishes."""
     session = self.open_session()
     future = self.submit(session, prompt_ids, sampling_params)
@@ -174,8 +222,10 @@ class Engine:
     old = jax.tree.map(lambda x: (x.shape, x.dtype), self._params)
     new = jax.tree.map(lambda x: (x.shape, x.dtype), params)
     if jax.tree.structure(old) != jax.tree.structure(new) or old != new:
-      raise ValueError("Engine.update_params: params differ from the engine's in structure, shape or dtype; "
-                       f"expected {old}, found {new}")
+      raise ValueError(
+          "Engine.update_params: params differ from the engine's in structure, shape or dtype; "
+          f"expected {old}, found {new}"
+      )
     placed = self._place(params)
     self._commands.put(("params", placed, unstack_layers(placed), int(version)))
 
@@ -221,7 +271,9 @@ class Engine:
         stats["prefill_seconds"] += t3 - t2
         stats["decode_seconds"] += t4 - t3
       except Exception as exc:  # noqa: BLE001 - the loop must survive anything a step throws
-        log.exception("sampling engine: step failed; failing the requests in flight and rebuilding the cache")
+        log.exception(
+            "sampling engine: step failed; failing the requests in flight and rebuilding the cache"
+        )
         self.stats["step_failures"] += 1
         self._recover(exc)
 
@@ -276,7 +328,9 @@ class Engine:
 
   def _admit(self) -> None:
     still_waiting = []
-    self._waiting.sort(key=lambda r: r.params.priority)  # stable: arrival order among equal priorities
+    self._waiting.sort(
+        key=lambda r: r.params.priority
+    )  # stable: arrival order among equal priorities
     for req in self._waiting:
       if req.future.done():  # cancelled by the caller
         continue
@@ -296,7 +350,9 @@ class Engine:
         req.key_data = seed_key_data(req.params.seed)
         req.history_before = len(s.history)
         s.history.extend(req.new_tokens)
-        s.cached = min(s.cached, len(s.history) - 1)  # at least one token to feed: its logits start the turn
+        s.cached = min(
+            s.cached, len(s.history) - 1
+        )  # at least one token to feed: its logits start the turn
         s.busy, s.last_used = True, next(self._clock)
         req.state = "prefill"
         self._active.append(req)
@@ -310,7 +366,9 @@ class Engine:
       idle = [o for o in self._slot_owner if o is not None and not o.busy]
       if not idle:
         return False
-      self._offloaded.pop(session.id, None)  # its own copy is about to be used: not the victim's room
+      self._offloaded.pop(
+          session.id, None
+      )  # its own copy is about to be used: not the victim's room
       victim = min(idle, key=lambda o: o.last_used)
       free = [victim.slot]
       self._offload(victim)
@@ -384,22 +442,35 @@ class Engine:
   def _prefill_inputs(self, width: int, group: list) -> tuple:
     """The prefill step's arguments after the cache, for `group` [(request, real tokens)] padded to width."""
     rows = self.max_prefill_rows
-    tokens, slots, starts, lasts, top_k = (np.zeros((rows, width), np.int32), *(np.zeros(rows, np.int32)
-                                                                                 for _ in range(4)))
+    tokens, slots, starts, lasts, top_k = (
+        np.zeros((rows, width), np.int32),
+        *(np.zeros(rows, np.int32) for _ in range(4)),
+    )
     temperature, top_p = np.zeros(rows, np.float32), np.ones(rows, np.float32)
     key_data = np.zeros((rows, 2), np.uint32)
     for i, (r, real) in enumerate(group):
       s, p = r.session, r.params
-      tokens[i, :real] = s.history[s.cached:s.cached + real]
+      tokens[i, :real] = s.history[s.cached : s.cached + real]
       slots[i], starts[i], lasts[i] = s.slot, s.cached, real - 1
       temperature[i], top_p[i], top_k[i], key_data[i] = p.temperature, p.top_p, p.top_k, r.key_data
-    return (len(group), slots, tokens, starts, lasts, key_data, np.zeros(rows, np.int32), temperature, top_p,
-            top_k)
+    return (
+        len(group),
+        slots,
+        tokens,
+        starts,
+        lasts,
+        key_data,
+        np.zeros(rows, np.int32),
+        temperature,
+        top_p,
+        top_k,
+    )
 
   def _prefill_call(self, width: int, group: list) -> None:
     try:
-      out_tokens, out_logprobs, self._cache = self._steps.prefill(self._params, self._cache,
-                                                                  *self._prefill_inputs(width, group))
+      out_tokens, out_logprobs, self._cache = self._steps.prefill(
+          self._params, self._cache, *self._prefill_inputs(width, group)
+      )
       out_tokens, out_logprobs = np.asarray(out_tokens), np.asarray(out_logprobs)
     except Exception as exc:  # noqa: BLE001 - the requests this call carried fail; others carry on
       for r, _ in group:
@@ -429,7 +500,8 @@ class Engine:
 
   def _decode_inputs(self, decoding: list, after_prefill: dict) -> tuple:
     """The decode step's arguments after the cache. decoding: requests in state decode; after_prefill:
-    slot -> (request, real) of the chunks prefilled in the same program (their K/V is written first)."""
+    slot -> (request, real) of the chunks prefilled in the same program (their K/V is written first).
+    """
     n = self.num_slots
     tokens, lengths, counters, top_k = (np.zeros(n, np.int32) for _ in range(4))
     temperature, top_p = np.zeros(n, np.float32), np.ones(n, np.float32)
@@ -439,7 +511,11 @@ class Engine:
         lengths[slot] = owner.cached + (after_prefill[slot][1] if slot in after_prefill else 0)
     for r in decoding:
       i, p = r.session.slot, r.params
-      tokens[i], counters[i], active[i] = r.session.history[-1] if r.tokens else 0, len(r.tokens), True
+      tokens[i], counters[i], active[i] = (
+          r.session.history[-1] if r.tokens else 0,
+          len(r.tokens),
+          True,
+      )
       temperature[i], top_p[i], top_k[i], key_data[i] = p.temperature, p.top_p, p.top_k, r.key_data
     return tokens, lengths, active, key_data, counters, temperature, top_p, top_k
 
@@ -447,28 +523,39 @@ class Engine:
     decoding = [r for r in self._active if r.state == "decode"]
     if not decoding:
       return
-    out_tokens, out_logprobs, self._cache = self._steps.decode(self._decode_params, self._cache,
-                                                               *self._decode_inputs(decoding, {}))
+    out_tokens, out_logprobs, self._cache = self._steps.decode(
+        self._decode_params, self._cache, *self._decode_inputs(decoding, {})
+    )
     self._decoded(decoding, np.asarray(out_tokens), np.asarray(out_logprobs))
 
   def _prefill_decode(self, width: int, group: list) -> None:
     """One bucket's prefill chunks and the decode step in one device call (`steps.prefill_decode`)."""
     decoding = [r for r in self._active if r.state == "decode"]
-    completing = [(i, r) for i, (r, real) in enumerate(group) if r.session.cached + real == len(r.session.history)]
+    completing = [
+        (i, r)
+        for i, (r, real) in enumerate(group)
+        if r.session.cached + real == len(r.session.history)
+    ]
     from_prefill = np.full(self.num_slots, -1, np.int32)
     for i, r in completing:
       from_prefill[r.session.slot] = i
     # Rows completing their prompt decode right after their first token, as if it had been accepted:
     # counter 1, position cached + real (the token itself comes from the prefill half, on the device).
-    decode_inputs = self._decode_inputs(decoding + [r for _, r in completing],
-                                        {r.session.slot: (r, real) for r, real in group})
+    decode_inputs = self._decode_inputs(
+        decoding + [r for _, r in completing], {r.session.slot: (r, real) for r, real in group}
+    )
     counters = decode_inputs[4]
     for _, r in completing:
       counters[r.session.slot] = 1
     try:
       p_tokens, p_logprobs, d_tokens, d_logprobs, self._cache = self._steps.prefill_decode(
-          self._params, self._decode_params, self._cache, self._prefill_inputs(width, group), from_prefill,
-          decode_inputs)
+          self._params,
+          self._decode_params,
+          self._cache,
+          self._prefill_inputs(width, group),
+          from_prefill,
+          decode_inputs,
+      )
       p_tokens, p_logprobs = np.asarray(p_tokens), np.asarray(p_logprobs)
       d_tokens, d_logprobs = np.asarray(d_tokens), np.asarray(d_logprobs)
     except Exception as exc:  # noqa: BLE001 - the loop fails the decoding requests and rebuilds the cache
@@ -510,10 +597,20 @@ class Engine:
     elif len(s.history) >= self.max_len:
       self._finish(req, "length", "max_len")
 
-  def _finish(self, req: _Request, reason: str, stop_reason: str, matched: Optional[str] = None) -> None:
+  def _finish(
+      self, req: _Request, reason: str, stop_reason: str, matched: Optional[str] = None
+  ) -> None:
     self._retire(req)
-    completion = Completion(tuple(req.tokens), tuple(req.logprobs), reason, min(req.versions),
-                            tuple(req.versions), stop_reason, matched, req.prefilled)
+    completion = Completion(
+        tuple(req.tokens),
+        tuple(req.logprobs),
+        reason,
+        min(req.versions),
+        tuple(req.versions),
+        stop_reason,
+        matched,
+        req.prefilled,
+    )
     if not req.future.done():
       req.future.set_result(completion)
 
@@ -533,7 +630,7 @@ class Engine:
       self.stats["request_failures"] += 1
     if req.state != "waiting":
       s = req.session
-      del s.history[req.history_before:]
+      del s.history[req.history_before :]
       s.cached = min(s.cached, len(s.history))
       self._retire(req)
     if not req.future.done():

@@ -4,6 +4,7 @@ Layout: (keys, values), each [layers, slots, S, kv_heads, head_dim] with logical
 `model.cache_logical_axes()` (slots over data/fsdp, kv heads over tensor). S = max_len + max_prefill_chunk
 because a padded prefill chunk starting below max_len may write up to a whole chunk past it.
 """
+
 from __future__ import annotations
 
 import jax
@@ -38,7 +39,9 @@ def allocate_cache(config: M.ModelConfig, num_slots: int, length: int, rules: Sh
 def prefill_buckets(min_bucket: int, max_chunk: int) -> tuple[int, ...]:
   """Chunk lengths min_bucket, 2*min_bucket, ... up to max_chunk (which is always included)."""
   if min_bucket < 1 or max_chunk < min_bucket:
-    raise ValueError(f"prefill buckets need 1 <= min_bucket <= max_chunk, found {min_bucket}, {max_chunk}")
+    raise ValueError(
+        f"prefill buckets need 1 <= min_bucket <= max_chunk, found {min_bucket}, {max_chunk}"
+    )
   out, b = [], min_bucket
   while b < max_chunk:
     out.append(b)

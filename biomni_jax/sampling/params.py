@@ -1,4 +1,5 @@
 """What a request asks for (`SamplingParams`) and what it gets back (`Completion`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +20,7 @@ class SamplingParams:
   `priority`: requests waiting for a cache slot get one lowest priority first (arrival order among equals);
   it changes when a turn runs, never what it samples.
   """
+
   temperature: float = 1.0
   top_p: float = 1.0
   top_k: int = 0
@@ -39,7 +41,7 @@ class SamplingParams:
       raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, found {self.max_new_tokens}")
     if any(not isinstance(s, str) or not s for s in self.stop):
       raise ValueError(f"SamplingParams.stop must hold non-empty strings, found {self.stop!r}")
-    if not 0 <= self.seed < 2 ** 32:
+    if not 0 <= self.seed < 2**32:
       raise ValueError(f"SamplingParams.seed must be in [0, 2**32), found {self.seed}")
 
 
@@ -55,6 +57,7 @@ class Completion:
   'stop_string', 'stop_token', 'max_new_tokens', 'max_len' (session reached the engine's max_len; also
   when the prompt alone does not fit, then with no tokens).
   """
+
   token_ids: tuple[int, ...]
   logprobs: tuple[float, ...]
   finish_reason: str

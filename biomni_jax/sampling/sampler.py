@@ -7,6 +7,7 @@ For a row with logits z [V] and temperature tau > 0:
 tau == 0 is greedy: token = argmax z, logp = log_softmax(z). The Gumbel noise of request r's i-th token
 comes from fold_in(key(seed_r), i), so a row's draw depends only on its seed and position.
 """
+
 from __future__ import annotations
 
 import jax
@@ -46,7 +47,8 @@ def truncation_mask(scaled, top_p, top_k):
 
 def sample_tokens(logits, key_data, counters, temperature, top_p, top_k):
   """logits float32 [N, V]; key_data uint32 [N, 2]; counters int32 [N] (index of the token in its
-  request); temperature/top_p float32 [N]; top_k int32 [N] -> (tokens int32 [N], logprobs float32 [N])."""
+  request); temperature/top_p float32 [N]; top_k int32 [N] -> (tokens int32 [N], logprobs float32 [N]).
+  """
   logits = logits.astype(jnp.float32)
   greedy = temperature <= 0
   tau = jnp.where(greedy, 1.0, temperature)
@@ -54,9 +56,11 @@ def sample_tokens(logits, key_data, counters, temperature, top_p, top_k):
   logp_all = jax.nn.log_softmax(scaled, axis=-1)
   wants_truncation = (~greedy) & ((top_p < 1.0) | (top_k > 0))
   # The sort costs O(V log V) per row; skip it when no row truncates.
-  keep = jax.lax.cond(jnp.any(wants_truncation),
-                      lambda: truncation_mask(scaled, top_p, top_k) | ~wants_truncation[:, None],
-                      lambda: jnp.ones(scaled.shape, bool))
+  keep = jax.lax.cond(
+      jnp.any(wants_truncation),
+      lambda: truncation_mask(scaled, top_p, top_k) | ~wants_truncation[:, None],
+      lambda: jnp.ones(scaled.shape, bool),
+  )
 
   def gumbel(kd, counter):
     key = jax.random.fold_in(jax.random.wrap_key_data(kd, impl="threefry2x32"), counter)

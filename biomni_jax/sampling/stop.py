@@ -6,6 +6,7 @@ every token decodes to at least one byte and a stop string of b UTF-8 bytes span
 the last b + 3 tokens suffice (3 more tokens cover a multi-byte character cut at the window's left edge,
 which decodes to U+FFFD and cannot create a false match of a valid string).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
@@ -19,8 +20,10 @@ class StopMatcher:
   def __init__(self, stops: Sequence[str], detokenize: Optional[Detokenize]):
     self.stops = tuple(stops)
     if self.stops and detokenize is None:
-      raise ValueError(f"stop strings {self.stops!r} need a detokenize function; the engine was built "
-                       "without one (Engine(..., detokenize=tokenizer.decode))")
+      raise ValueError(
+          f"stop strings {self.stops!r} need a detokenize function; the engine was built "
+          "without one (Engine(..., detokenize=tokenizer.decode))"
+      )
     self._detokenize = detokenize
     self._window = max((len(s.encode("utf-8")) for s in self.stops), default=0) + 3
     self._tokens: list[int] = []
@@ -32,7 +35,7 @@ class StopMatcher:
       return None
     # Generation ends at the first match, so any match inside the window is new: one that ended in an
     # earlier token lay inside that token's window and would have stopped generation there.
-    text = self._detokenize(self._tokens[-self._window:])
+    text = self._detokenize(self._tokens[-self._window :])
     for stop in self.stops:
       if stop in text:
         return stop

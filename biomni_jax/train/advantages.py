@@ -18,6 +18,7 @@ group_ids [N] int32 in [0, num_groups) (ragged groups, e.g. after failed
 episodes). Output: float32 advantages of the rewards' shape. ``broadcast_to_tokens``
 turns per-trajectory advantages [B] into per-token advantages [B, T].
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -29,91 +30,111 @@ Array = jax.Array
 AdvantageFn = Callable[..., Array]
 
 
-def _group_stats(rewards_n: Array, group_ids_n: Array, num_groups: int
-                 ) -> tuple[Array, Array, Array]:
-    """Per-trajectory (group mean, group unbiased std, group size), each [N] float32."""
-    ones = jnp.ones_like(rewards_n)
-    size_g = jax.ops.segment_sum(ones, group_ids_n, num_segments=num_groups)
-    sum_g = jax.ops.segment_sum(rewards_n, group_ids_n, num_segments=num_groups)
-    mean_g = sum_g / jnp.maximum(size_g, 1.0)
-    mean_n = mean_g[group_ids_n]
-    sq_dev_g = jax.ops.segment_sum((rewards_n - mean_n) ** 2, group_ids_n, num_segments=num_groups)
-    var_g = jnp.where(size_g > 1, sq_dev_g / jnp.maximum(size_g - 1.0, 1.0), 0.0)
-    return mean_n, jnp.sqrt(var_g)[group_ids_n], size_g[group_ids_n]
+def _group_stats(
+    rewards_n: Array, group_ids_n: Array, num_groups: int
+) -> tuple[Array, Array, Array]:
+  """Per-trajectory (group mean, group unbiased std, group size), each [N] float32."""
+  ones = jnp.ones_like(rewards_n)
+  size_g = jax.ops.segment_sum(ones, group_ids_n, num_segments=num_groups)
+  sum_g = jax.ops.segment_sum(rewards_n, group_ids_n, num_segments=num_groups)
+  mean_g = sum_g / jnp.maximum(size_g, 1.0)
+  mean_n = mean_g[group_ids_n]
+  sq_dev_g = jax.ops.segment_sum((rewards_n - mean_n) ** 2, group_ids_n, num_segments=num_groups)
+  var_g = jnp.where(size_g > 1, sq_dev_g / jnp.maximum(size_g - 1.0, 1.0), 0.0)
+  return mean_n, jnp.sqrt(var_g)[group_ids_n], size_g[group_ids_n]
 
 
 def grpo(rewards_n: Array, group_ids_n: Array, num_groups: int, *, eps: float = 1e-6) -> Array:
-    """(R_i - mu_g) / (sigma_g + eps); 0 for groups of one."""
-    mean, std, size = _group_stats(rewards_n, group_ids_n, num_groups)
-    return jnp.where(size > 1, (rewards_n - mean) / (std + eps), 0.0)
+  """(R_i - mu_g) / (sigma_g + eps); 0 for groups of one."""
+  mean, std, size = _group_stats(rewards_n, group_ids_n, num_groups)
+  return jnp.where(size > 1, (rewards_n - mean) / (std + eps), 0.0)
 
 
 def drgrpo(rewards_n: Array, group_ids_n: Array, num_groups: int, *, eps: float = 1e-6) -> Array:
-    """R_i - mu_g; 0 for groups of one. eps is unused."""
-    del eps
-    mean, _, size = _group_stats(rewards_n, group_ids_n, num_groups)
-    return jnp.where(size > 1, rewards_n - mean, 0.0)
+  """R_i - mu_g; 0 for groups of one. eps is unused."""
+  del eps
+  mean, _, size = _group_stats(rewards_n, group_ids_n, num_groups)
+  return jnp.where(size > 1, rewards_n - mean, 0.0)
 
 
 def rloo(rewards_n: Array, group_ids_n: Array, num_groups: int, *, eps: float = 1e-6) -> Array:
-    """R_i minus the mean of the other members of its group; 0 for groups of one."""
-    del eps
-    mean, _, size = _group_stats(rewards_n, group_ids_n, num_groups)
-    scale = size / jnp.maximum(size - 1.0, 1.0)
-    return jnp.where(size > 1, scale * (rewards_n - mean), 0.0)
+  """R_i minus the mean of the other members of its group; 0 for groups of one."""
+  del eps
+  mean, _, size = _group_stats(rewards_n, group_ids_n, num_groups)
+  scale = size / jnp.maximum(size - 1.0, 1.0)
+  return jnp.where(size > 1, scale * (rewards_n - mean), 0.0)
 
 
 ADVANTAGES: dict[str, AdvantageFn] = {"grpo": grpo, "drgrpo": drgrpo, "rloo": rloo}
 
 
 def get_advantage_fn(name: str) -> AdvantageFn:
-    """The estimator registered under ``name`` (config field ``advantage_estimator``)."""
-    try:
-        return ADVANTAGES[name]
-    except KeyError:
-        raise ValueError(f"unknown advantage estimator {name!r}; expected one of "
-                         f"{sorted(ADVANTAGES)}") from None
+  """The estimator registered under ``name`` (config field ``advantage_estimator``)."""
+  try:
+    return ADVANTAGES[name]
+  except KeyError:
+    raise ValueError(
+        f"unknown advantage estimator {name!r}; expected one of " f"{sorted(ADVANTAGES)}"
+    ) from None
 
 
-def compute_advantages(name: str, rewards: Array, group_ids: Optional[Array] = None,
-                       num_groups: Optional[int] = None, *, eps: float = 1e-6) -> Array:
-    """Advantages for ``rewards`` by estimator ``name``.
+def compute_advantages(
+    name: str,
+    rewards: Array,
+    group_ids: Optional[Array] = None,
+    num_groups: Optional[int] = None,
+    *,
+    eps: float = 1e-6,
+) -> Array:
+  """Advantages for ``rewards`` by estimator ``name``.
 
-    Args:
-      rewards: [num_groups, G] (group = row) or [N] with ``group_ids``.
-      group_ids: [N] int group index per trajectory, required when rewards is 1-D.
-      num_groups: static number of groups for 1-D input; defaults to max(group_ids)+1
-        (which needs concrete ids, i.e. outside jit).
-      eps: added to the std in ``grpo``.
-    Returns:
-      float32 advantages with the shape of ``rewards``.
-    """
-    fn = get_advantage_fn(name)
-    rewards = jnp.asarray(rewards, jnp.float32)
-    if rewards.ndim == 2:
-        if group_ids is not None:
-            raise ValueError("compute_advantages: rewards [num_groups, G] already define the groups; "
-                             "found group_ids as well")
-        n_groups, group_size = rewards.shape
-        ids = jnp.repeat(jnp.arange(n_groups), group_size)
-        return fn(rewards.reshape(-1), ids, n_groups, eps=eps).reshape(rewards.shape)
-    if rewards.ndim != 1:
-        raise ValueError(f"compute_advantages: expected rewards [N] or [num_groups, G], "
-                         f"found shape {rewards.shape}")
-    if group_ids is None:
-        raise ValueError("compute_advantages: rewards [N] need group_ids [N]; found none")
-    group_ids = jnp.asarray(group_ids, jnp.int32)
-    if group_ids.shape != rewards.shape:
-        raise ValueError(f"compute_advantages: group_ids shape {group_ids.shape} differs from "
-                         f"rewards shape {rewards.shape}")
-    if num_groups is None:
-        num_groups = int(jax.device_get(group_ids.max())) + 1
-    return fn(rewards, group_ids, int(num_groups), eps=eps)
+  Args:
+    rewards: [num_groups, G] (group = row) or [N] with ``group_ids``.
+    group_ids: [N] int group index per trajectory, required when rewards is 1-D.
+    num_groups: static number of groups for 1-D input; defaults to max(group_ids)+1
+      (which needs concrete ids, i.e. outside jit).
+    eps: added to the std in ``grpo``.
+  Returns:
+    float32 advantages with the shape of ``rewards``.
+  """
+  fn = get_advantage_fn(name)
+  rewards = jnp.asarray(rewards, jnp.float32)
+  if rewards.ndim == 2:
+    if group_ids is not None:
+      raise ValueError(
+          "compute_advantages: rewards [num_groups, G] already define the groups; "
+          "found group_ids as well"
+      )
+    n_groups, group_size = rewards.shape
+    ids = jnp.repeat(jnp.arange(n_groups), group_size)
+    return fn(rewards.reshape(-1), ids, n_groups, eps=eps).reshape(rewards.shape)
+  if rewards.ndim != 1:
+    raise ValueError(
+        f"compute_advantages: expected rewards [N] or [num_groups, G], "
+        f"found shape {rewards.shape}"
+    )
+  if group_ids is None:
+    raise ValueError("compute_advantages: rewards [N] need group_ids [N]; found none")
+  group_ids = jnp.asarray(group_ids, jnp.int32)
+  if group_ids.shape != rewards.shape:
+    raise ValueError(
+        f"compute_advantages: group_ids shape {group_ids.shape} differs from "
+        f"rewards shape {rewards.shape}"
+    )
+  if num_groups is None:
+    num_groups = int(jax.device_get(group_ids.max())) + 1
+  return fn(rewards, group_ids, int(num_groups), eps=eps)
 
 
 def broadcast_to_tokens(advantages_b: Array, loss_mask_bt: Array) -> Array:
-    """Per-token advantages [B, T]: A_b on loss tokens, 0 elsewhere."""
-    if advantages_b.ndim != 1 or loss_mask_bt.ndim != 2 or advantages_b.shape[0] != loss_mask_bt.shape[0]:
-        raise ValueError(f"broadcast_to_tokens: expected advantages [B] and loss_mask [B, T], "
-                         f"found {advantages_b.shape} and {loss_mask_bt.shape}")
-    return advantages_b[:, None].astype(jnp.float32) * loss_mask_bt.astype(jnp.float32)
+  """Per-token advantages [B, T]: A_b on loss tokens, 0 elsewhere."""
+  if (
+      advantages_b.ndim != 1
+      or loss_mask_bt.ndim != 2
+      or advantages_b.shape[0] != loss_mask_bt.shape[0]
+  ):
+    raise ValueError(
+        f"broadcast_to_tokens: expected advantages [B] and loss_mask [B, T], "
+        f"found {advantages_b.shape} and {loss_mask_bt.shape}"
+    )
+  return advantages_b[:, None].astype(jnp.float32) * loss_mask_bt.astype(jnp.float32)

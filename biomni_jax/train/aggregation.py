@@ -27,6 +27,7 @@ given (packed rows), a (row, segment id) pair; segment id 0 is padding and is
 ignored. A trajectory whose loss mask is all zero (dropped from the loss, or a
 padding row) contributes neither to the sum nor to the denominator.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -39,73 +40,91 @@ AggregationFn = Callable[..., tuple[Array, Array]]
 
 
 def _check_shapes(values_bt: Array, mask_bt: Array, where: str) -> None:
-    if values_bt.ndim != 2 or values_bt.shape != mask_bt.shape:
-        raise ValueError(
-            f"{where}: expected values [B, T] and loss_mask [B, T] of equal shape, "
-            f"found values {values_bt.shape} and loss_mask {mask_bt.shape}")
+  if values_bt.ndim != 2 or values_bt.shape != mask_bt.shape:
+    raise ValueError(
+        f"{where}: expected values [B, T] and loss_mask [B, T] of equal shape, "
+        f"found values {values_bt.shape} and loss_mask {mask_bt.shape}"
+    )
 
 
-def _per_sequence_sums(values_bt: Array, mask_bt: Array,
-                       segment_ids_bt: Optional[Array]) -> tuple[Array, Array]:
-    """Masked sums and token counts per sequence.
+def _per_sequence_sums(
+    values_bt: Array, mask_bt: Array, segment_ids_bt: Optional[Array]
+) -> tuple[Array, Array]:
+  """Masked sums and token counts per sequence.
 
-    Returns (value_sum_s, token_count_s), each float32 [S] with S = B (no packing)
-    or S = B * (T + 1) (one slot per possible (row, segment) pair; unused slots are 0).
-    """
-    masked = values_bt * mask_bt
-    if segment_ids_bt is None:
-        return masked.sum(axis=1), mask_bt.sum(axis=1)
-    batch, length = values_bt.shape
-    # Padding (segment 0) is already excluded by its zero mask; segments are
-    # kept apart per row by offsetting ids with row * T.
-    keep = (segment_ids_bt > 0).astype(values_bt.dtype)
-    # Segment ids lie in [0, T] (at most T one-token segments per row).
-    slots = length + 1
-    flat_ids = (jnp.arange(batch)[:, None] * slots + segment_ids_bt.clip(0, length)).reshape(-1)
-    num = batch * slots
-    value_sum = jax.ops.segment_sum((masked * keep).reshape(-1), flat_ids, num_segments=num)
-    count = jax.ops.segment_sum((mask_bt * keep).reshape(-1), flat_ids, num_segments=num)
-    return value_sum, count
-
-
-def token_mean(values_bt: Array, mask_bt: Array, *, segment_ids: Optional[Array] = None,
-               token_sum_norm: Optional[float] = None) -> tuple[Array, Array]:
-    """sum_{b,t} m*x over sum_{b,t} m. segment_ids/token_sum_norm are unused."""
-    del token_sum_norm
-    _check_shapes(values_bt, mask_bt, "token-mean")
-    mask = mask_bt.astype(jnp.float32)
-    if segment_ids is not None:
-        mask = mask * (segment_ids > 0)
-    return (values_bt.astype(jnp.float32) * mask).sum(), mask.sum()
+  Returns (value_sum_s, token_count_s), each float32 [S] with S = B (no packing)
+  or S = B * (T + 1) (one slot per possible (row, segment) pair; unused slots are 0).
+  """
+  masked = values_bt * mask_bt
+  if segment_ids_bt is None:
+    return masked.sum(axis=1), mask_bt.sum(axis=1)
+  batch, length = values_bt.shape
+  # Padding (segment 0) is already excluded by its zero mask; segments are
+  # kept apart per row by offsetting ids with row * T.
+  keep = (segment_ids_bt > 0).astype(values_bt.dtype)
+  # Segment ids lie in [0, T] (at most T one-token segments per row).
+  slots = length + 1
+  flat_ids = (jnp.arange(batch)[:, None] * slots + segment_ids_bt.clip(0, length)).reshape(-1)
+  num = batch * slots
+  value_sum = jax.ops.segment_sum((masked * keep).reshape(-1), flat_ids, num_segments=num)
+  count = jax.ops.segment_sum((mask_bt * keep).reshape(-1), flat_ids, num_segments=num)
+  return value_sum, count
 
 
-def seq_mean_token_mean(values_bt: Array, mask_bt: Array, *, segment_ids: Optional[Array] = None,
-                        token_sum_norm: Optional[float] = None) -> tuple[Array, Array]:
-    """sum over sequences of each sequence's masked token mean; denominator = #sequences."""
-    del token_sum_norm
-    _check_shapes(values_bt, mask_bt, "seq-mean-token-mean")
-    value_sum, count = _per_sequence_sums(values_bt.astype(jnp.float32),
-                                          mask_bt.astype(jnp.float32), segment_ids)
-    has_tokens = count > 0
-    per_seq_mean = jnp.where(has_tokens, value_sum / jnp.maximum(count, 1.0), 0.0)
-    return per_seq_mean.sum(), has_tokens.sum().astype(jnp.float32)
+def token_mean(
+    values_bt: Array,
+    mask_bt: Array,
+    *,
+    segment_ids: Optional[Array] = None,
+    token_sum_norm: Optional[float] = None,
+) -> tuple[Array, Array]:
+  """sum_{b,t} m*x over sum_{b,t} m. segment_ids/token_sum_norm are unused."""
+  del token_sum_norm
+  _check_shapes(values_bt, mask_bt, "token-mean")
+  mask = mask_bt.astype(jnp.float32)
+  if segment_ids is not None:
+    mask = mask * (segment_ids > 0)
+  return (values_bt.astype(jnp.float32) * mask).sum(), mask.sum()
 
 
-def seq_mean_token_sum_norm(values_bt: Array, mask_bt: Array, *,
-                            segment_ids: Optional[Array] = None,
-                            token_sum_norm: Optional[float] = None) -> tuple[Array, Array]:
-    """sum over sequences of (masked token sum / token_sum_norm); denominator = #sequences.
+def seq_mean_token_mean(
+    values_bt: Array,
+    mask_bt: Array,
+    *,
+    segment_ids: Optional[Array] = None,
+    token_sum_norm: Optional[float] = None,
+) -> tuple[Array, Array]:
+  """sum over sequences of each sequence's masked token mean; denominator = #sequences."""
+  del token_sum_norm
+  _check_shapes(values_bt, mask_bt, "seq-mean-token-mean")
+  value_sum, count = _per_sequence_sums(
+      values_bt.astype(jnp.float32), mask_bt.astype(jnp.float32), segment_ids
+  )
+  has_tokens = count > 0
+  per_seq_mean = jnp.where(has_tokens, value_sum / jnp.maximum(count, 1.0), 0.0)
+  return per_seq_mean.sum(), has_tokens.sum().astype(jnp.float32)
 
-    token_sum_norm defaults to T (the padded length), which is Dr.GRPO's
-    "maximum generation length" when rows are padded to it.
-    """
-    _check_shapes(values_bt, mask_bt, "seq-mean-token-sum-norm")
-    norm = float(values_bt.shape[1] if token_sum_norm is None else token_sum_norm)
-    if norm <= 0:
-        raise ValueError(f"seq-mean-token-sum-norm: token_sum_norm must be > 0, found {norm}")
-    value_sum, count = _per_sequence_sums(values_bt.astype(jnp.float32),
-                                          mask_bt.astype(jnp.float32), segment_ids)
-    return value_sum.sum() / norm, (count > 0).sum().astype(jnp.float32)
+
+def seq_mean_token_sum_norm(
+    values_bt: Array,
+    mask_bt: Array,
+    *,
+    segment_ids: Optional[Array] = None,
+    token_sum_norm: Optional[float] = None,
+) -> tuple[Array, Array]:
+  """sum over sequences of (masked token sum / token_sum_norm); denominator = #sequences.
+
+  token_sum_norm defaults to T (the padded length), which is Dr.GRPO's
+  "maximum generation length" when rows are padded to it.
+  """
+  _check_shapes(values_bt, mask_bt, "seq-mean-token-sum-norm")
+  norm = float(values_bt.shape[1] if token_sum_norm is None else token_sum_norm)
+  if norm <= 0:
+    raise ValueError(f"seq-mean-token-sum-norm: token_sum_norm must be > 0, found {norm}")
+  value_sum, count = _per_sequence_sums(
+      values_bt.astype(jnp.float32), mask_bt.astype(jnp.float32), segment_ids
+  )
+  return value_sum.sum() / norm, (count > 0).sum().astype(jnp.float32)
 
 
 AGGREGATIONS: dict[str, AggregationFn] = {
@@ -116,16 +135,24 @@ AGGREGATIONS: dict[str, AggregationFn] = {
 
 
 def get_aggregation(name: str) -> AggregationFn:
-    """The aggregation function registered under ``name`` (config field ``loss_aggregation``)."""
-    try:
-        return AGGREGATIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown loss aggregation {name!r}; expected one of "
-                         f"{sorted(AGGREGATIONS)}") from None
+  """The aggregation function registered under ``name`` (config field ``loss_aggregation``)."""
+  try:
+    return AGGREGATIONS[name]
+  except KeyError:
+    raise ValueError(
+        f"unknown loss aggregation {name!r}; expected one of " f"{sorted(AGGREGATIONS)}"
+    ) from None
 
 
-def aggregate(name: str, values_bt: Array, mask_bt: Array, *, segment_ids: Optional[Array] = None,
-              token_sum_norm: Optional[float] = None) -> tuple[Array, Array]:
-    """Aggregate per-token values [B, T] with loss mask [B, T] by mode ``name``."""
-    return get_aggregation(name)(values_bt, mask_bt, segment_ids=segment_ids,
-                                 token_sum_norm=token_sum_norm)
+def aggregate(
+    name: str,
+    values_bt: Array,
+    mask_bt: Array,
+    *,
+    segment_ids: Optional[Array] = None,
+    token_sum_norm: Optional[float] = None,
+) -> tuple[Array, Array]:
+  """Aggregate per-token values [B, T] with loss mask [B, T] by mode ``name``."""
+  return get_aggregation(name)(
+      values_bt, mask_bt, segment_ids=segment_ids, token_sum_norm=token_sum_norm
+  )

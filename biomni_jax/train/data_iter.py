@@ -11,6 +11,7 @@ Multi-host: each process passes its `process_index` / `process_count` and receiv
 the rows of every global batch (rows [i * B / P, (i + 1) * B / P) of it), as `jax.make_array_from_process_
 local_data` expects for a batch sharded by rows.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterator, Mapping
@@ -23,8 +24,16 @@ STATE_KEYS = ("epoch", "position", "seed")
 class BatchIterator:
   """Iterates global batches {field: [B / process_count, L]} forever (epochs repeat with new orders)."""
 
-  def __init__(self, rows: Mapping[str, np.ndarray], batch_size: int, *, seed: int = 0, shuffle: bool = True,
-               process_index: int = 0, process_count: int = 1):
+  def __init__(
+      self,
+      rows: Mapping[str, np.ndarray],
+      batch_size: int,
+      *,
+      seed: int = 0,
+      shuffle: bool = True,
+      process_index: int = 0,
+      process_count: int = 1,
+  ):
     if not rows:
       raise ValueError("BatchIterator: expected at least one field of rows, found none")
     lengths = {name: np.asarray(x).shape[0] for name, x in rows.items()}
@@ -32,8 +41,10 @@ class BatchIterator:
       raise ValueError(f"BatchIterator: fields have different row counts {lengths}")
     self.num_rows = next(iter(lengths.values()))
     if batch_size < 1 or batch_size % process_count:
-      raise ValueError(f"BatchIterator: batch_size must be >= 1 and divisible by process_count="
-                       f"{process_count}, found {batch_size}")
+      raise ValueError(
+          f"BatchIterator: batch_size must be >= 1 and divisible by process_count="
+          f"{process_count}, found {batch_size}"
+      )
     if self.num_rows < batch_size:
       raise ValueError(f"BatchIterator: {self.num_rows} rows cannot fill one batch of {batch_size}")
     self.rows = {name: np.asarray(x) for name, x in rows.items()}
@@ -48,8 +59,11 @@ class BatchIterator:
 
   def _epoch_order(self, epoch: int) -> np.ndarray:
     if self._order_epoch != epoch:
-      self._order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_rows) if self.shuffle
-                     else np.arange(self.num_rows))
+      self._order = (
+          np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+          if self.shuffle
+          else np.arange(self.num_rows)
+      )
       self._order_epoch = epoch
     return self._order
 
@@ -59,12 +73,16 @@ class BatchIterator:
   def set_state(self, state: Mapping[str, Any]) -> None:
     missing = [k for k in STATE_KEYS if k not in state]
     if missing:
-      raise ValueError(f"BatchIterator.set_state: missing keys {missing}; expected {STATE_KEYS}, "
-                       f"found {sorted(state)}")
+      raise ValueError(
+          f"BatchIterator.set_state: missing keys {missing}; expected {STATE_KEYS}, "
+          f"found {sorted(state)}"
+      )
     epoch, position, seed = (int(state[k]) for k in STATE_KEYS)
     if epoch < 0 or not 0 <= position <= self.batches_per_epoch:
-      raise ValueError(f"BatchIterator.set_state: expected epoch >= 0 and 0 <= position <= "
-                       f"{self.batches_per_epoch}, found epoch={epoch}, position={position}")
+      raise ValueError(
+          f"BatchIterator.set_state: expected epoch >= 0 and 0 <= position <= "
+          f"{self.batches_per_epoch}, found epoch={epoch}, position={position}"
+      )
     self.epoch, self.position, self.seed = epoch, position, seed
     self._order_epoch = None
 
@@ -77,6 +95,6 @@ class BatchIterator:
     order = self._epoch_order(self.epoch)
     start = self.position * self.batch_size
     local = self.batch_size // self.process_count
-    idx = order[start + self.process_index * local: start + (self.process_index + 1) * local]
+    idx = order[start + self.process_index * local : start + (self.process_index + 1) * local]
     self.position += 1
     return {name: x[idx] for name, x in self.rows.items()}

@@ -33,6 +33,7 @@ turned into fractions/means with ``finalize_metrics``.
 
 ``sft_cross_entropy`` is the SFT loss in the same form: -sum m logp / sum m.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,79 +51,92 @@ TokenPolicyLossFn = Callable[[Array, Array, Array, "PolicyLossConfig"], tuple[Ar
 
 @dataclasses.dataclass(frozen=True)
 class PolicyLossConfig:
-    """Knobs of the policy loss. Defaults are the Biomni-R0 RL recipe.
+  """Knobs of the policy loss. Defaults are the Biomni-R0 RL recipe.
 
-    Attributes:
-      policy_loss: key of ``POLICY_LOSSES``.
-      clip_low, clip_high: PPO ratio clip range [1 - clip_low, 1 + clip_high].
-      dual_clip: c > 1 bounding the loss of negative-advantage tokens by -A c; None disables.
-      tis_cap: cap of the truncated importance weight vs the sampler; None disables TIS.
-      kl_coef: weight of the KL penalty to the reference policy; 0 disables.
-      kl_estimator: key of ``KL_ESTIMATORS`` ("k1", "k2", "k3").
-      entropy_coef: weight of the entropy bonus; 0 disables.
-      aggregation: key of ``aggregation.AGGREGATIONS``.
-      token_sum_norm: constant normalizer for "seq-mean-token-sum-norm" (default T).
-    """
-    policy_loss: str = "ppo_clip"
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    dual_clip: Optional[float] = 3.0
-    tis_cap: Optional[float] = None
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    entropy_coef: float = 0.0
-    aggregation: str = "seq-mean-token-mean"
-    token_sum_norm: Optional[float] = None
+  Attributes:
+    policy_loss: key of ``POLICY_LOSSES``.
+    clip_low, clip_high: PPO ratio clip range [1 - clip_low, 1 + clip_high].
+    dual_clip: c > 1 bounding the loss of negative-advantage tokens by -A c; None disables.
+    tis_cap: cap of the truncated importance weight vs the sampler; None disables TIS.
+    kl_coef: weight of the KL penalty to the reference policy; 0 disables.
+    kl_estimator: key of ``KL_ESTIMATORS`` ("k1", "k2", "k3").
+    entropy_coef: weight of the entropy bonus; 0 disables.
+    aggregation: key of ``aggregation.AGGREGATIONS``.
+    token_sum_norm: constant normalizer for "seq-mean-token-sum-norm" (default T).
+  """
 
-    def __post_init__(self):
-        if self.policy_loss not in POLICY_LOSSES:
-            raise ValueError(f"PolicyLossConfig.policy_loss: unknown {self.policy_loss!r}; "
-                             f"expected one of {sorted(POLICY_LOSSES)}")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"PolicyLossConfig.kl_estimator: unknown {self.kl_estimator!r}; "
-                             f"expected one of {sorted(KL_ESTIMATORS)}")
-        aggregation_lib.get_aggregation(self.aggregation)
-        if not (0 <= self.clip_low < 1) or self.clip_high < 0:
-            raise ValueError(f"PolicyLossConfig: expected 0 <= clip_low < 1 and clip_high >= 0, "
-                             f"found clip_low={self.clip_low}, clip_high={self.clip_high}")
-        if self.dual_clip is not None and self.dual_clip <= 1:
-            raise ValueError(f"PolicyLossConfig.dual_clip: expected c > 1 or None, found {self.dual_clip}")
-        if self.tis_cap is not None and self.tis_cap <= 0:
-            raise ValueError(f"PolicyLossConfig.tis_cap: expected > 0 or None, found {self.tis_cap}")
+  policy_loss: str = "ppo_clip"
+  clip_low: float = 0.2
+  clip_high: float = 0.28
+  dual_clip: Optional[float] = 3.0
+  tis_cap: Optional[float] = None
+  kl_coef: float = 0.0
+  kl_estimator: str = "k3"
+  entropy_coef: float = 0.0
+  aggregation: str = "seq-mean-token-mean"
+  token_sum_norm: Optional[float] = None
 
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "PolicyLossConfig":
-        """Build from a ConfigDict/dict holding (a subset of) the fields; unknown keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: cfg[k] for k in names if k in cfg})
+  def __post_init__(self):
+    if self.policy_loss not in POLICY_LOSSES:
+      raise ValueError(
+          f"PolicyLossConfig.policy_loss: unknown {self.policy_loss!r}; "
+          f"expected one of {sorted(POLICY_LOSSES)}"
+      )
+    if self.kl_estimator not in KL_ESTIMATORS:
+      raise ValueError(
+          f"PolicyLossConfig.kl_estimator: unknown {self.kl_estimator!r}; "
+          f"expected one of {sorted(KL_ESTIMATORS)}"
+      )
+    aggregation_lib.get_aggregation(self.aggregation)
+    if not (0 <= self.clip_low < 1) or self.clip_high < 0:
+      raise ValueError(
+          f"PolicyLossConfig: expected 0 <= clip_low < 1 and clip_high >= 0, "
+          f"found clip_low={self.clip_low}, clip_high={self.clip_high}"
+      )
+    if self.dual_clip is not None and self.dual_clip <= 1:
+      raise ValueError(
+          f"PolicyLossConfig.dual_clip: expected c > 1 or None, found {self.dual_clip}"
+      )
+    if self.tis_cap is not None and self.tis_cap <= 0:
+      raise ValueError(f"PolicyLossConfig.tis_cap: expected > 0 or None, found {self.tis_cap}")
+
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any]) -> "PolicyLossConfig":
+    """Build from a ConfigDict/dict holding (a subset of) the fields; unknown keys are ignored."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: cfg[k] for k in names if k in cfg})
 
 
 def ppo_clip(logp: Array, logp_old: Array, adv: Array, cfg: PolicyLossConfig) -> tuple[Array, dict]:
-    """PPO clipped surrogate with clip-higher and dual-clip; see module docstring."""
-    ratio = jnp.exp(logp - logp_old)
-    unclipped = -adv * ratio
-    clipped = -adv * jnp.clip(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
-    loss = jnp.maximum(unclipped, clipped)
-    negative = adv < 0
-    indicators = {
-        "clip_low": (negative & (ratio < 1.0 - cfg.clip_low)),
-        "clip_high": ((adv > 0) & (ratio > 1.0 + cfg.clip_high)),
-    }
-    if cfg.dual_clip is not None:
-        loss = jnp.where(negative, jnp.minimum(loss, -adv * cfg.dual_clip), loss)
-        indicators["dual_clip"] = negative & (ratio > cfg.dual_clip)
-    else:
-        indicators["dual_clip"] = jnp.zeros_like(negative)
-    return loss, indicators
+  """PPO clipped surrogate with clip-higher and dual-clip; see module docstring."""
+  ratio = jnp.exp(logp - logp_old)
+  unclipped = -adv * ratio
+  clipped = -adv * jnp.clip(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+  loss = jnp.maximum(unclipped, clipped)
+  negative = adv < 0
+  indicators = {
+      "clip_low": (negative & (ratio < 1.0 - cfg.clip_low)),
+      "clip_high": ((adv > 0) & (ratio > 1.0 + cfg.clip_high)),
+  }
+  if cfg.dual_clip is not None:
+    loss = jnp.where(negative, jnp.minimum(loss, -adv * cfg.dual_clip), loss)
+    indicators["dual_clip"] = negative & (ratio > cfg.dual_clip)
+  else:
+    indicators["dual_clip"] = jnp.zeros_like(negative)
+  return loss, indicators
 
 
-def importance_sampling(logp: Array, logp_old: Array, adv: Array,
-                        cfg: PolicyLossConfig) -> tuple[Array, dict]:
-    """Unclipped importance-weighted policy gradient: -A exp(logp - logp_old)."""
-    del cfg
-    zeros = jnp.zeros(logp.shape, bool)
-    return -adv * jnp.exp(logp - logp_old), {"clip_low": zeros, "clip_high": zeros,
-                                              "dual_clip": zeros}
+def importance_sampling(
+    logp: Array, logp_old: Array, adv: Array, cfg: PolicyLossConfig
+) -> tuple[Array, dict]:
+  """Unclipped importance-weighted policy gradient: -A exp(logp - logp_old)."""
+  del cfg
+  zeros = jnp.zeros(logp.shape, bool)
+  return -adv * jnp.exp(logp - logp_old), {
+      "clip_low": zeros,
+      "clip_high": zeros,
+      "dual_clip": zeros,
+  }
 
 
 POLICY_LOSSES: dict[str, TokenPolicyLossFn] = {
@@ -138,155 +152,174 @@ KL_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {
 
 
 def _require(value: Optional[Array], name: str, reason: str, shape: tuple) -> Array:
-    if value is None:
-        raise ValueError(f"policy_loss: {reason} needs {name} [B, T]; found None")
-    if value.shape != shape:
-        raise ValueError(f"policy_loss: expected {name} of shape {shape}, found {value.shape}")
-    return value.astype(jnp.float32)
+  if value is None:
+    raise ValueError(f"policy_loss: {reason} needs {name} [B, T]; found None")
+  if value.shape != shape:
+    raise ValueError(f"policy_loss: expected {name} of shape {shape}, found {value.shape}")
+  return value.astype(jnp.float32)
 
 
-def policy_loss(logprobs: Array, advantages: Array, loss_mask: Array, cfg: PolicyLossConfig, *,
-                old_logprobs: Optional[Array] = None,
-                sampler_logprobs: Optional[Array] = None,
-                ref_logprobs: Optional[Array] = None,
-                entropies: Optional[Array] = None,
-                segment_ids: Optional[Array] = None) -> tuple[Array, Array, dict[str, Array]]:
-    """Policy loss of a (micro-)batch as (loss_sum, denominator, metric sums).
+def policy_loss(
+    logprobs: Array,
+    advantages: Array,
+    loss_mask: Array,
+    cfg: PolicyLossConfig,
+    *,
+    old_logprobs: Optional[Array] = None,
+    sampler_logprobs: Optional[Array] = None,
+    ref_logprobs: Optional[Array] = None,
+    entropies: Optional[Array] = None,
+    segment_ids: Optional[Array] = None,
+) -> tuple[Array, Array, dict[str, Array]]:
+  """Policy loss of a (micro-)batch as (loss_sum, denominator, metric sums).
 
-    Args:
-      logprobs: [B, T] log-probs of the taken tokens under the current params (differentiated).
-      advantages: [B] per trajectory or [B, T] per token.
-      loss_mask: [B, T] 1 on the policy's own tokens, 0 on prompt/observation/padding.
-      cfg: PolicyLossConfig.
-      old_logprobs: [B, T] anchor of the ratio; None means on-policy (stop_grad(logprobs)).
-      sampler_logprobs: [B, T] recorded by the engine; required when cfg.tis_cap is set.
-      ref_logprobs: [B, T] reference policy; required when cfg.kl_coef > 0.
-      entropies: [B, T] per-token entropy of the current policy; required when cfg.entropy_coef > 0.
-      segment_ids: [B, T] optional packing segments (0 = padding) for per-sequence aggregations.
-    Returns:
-      loss_sum, denominator: float32 scalars (see aggregation.py for what each mode sums/counts).
-      metrics: dict of float32 scalars, additive sums over loss tokens plus "ratio_max"/"ratio_min";
-        combine across micro-batches with ``combine_metrics``, read with ``finalize_metrics``.
-    """
-    if logprobs.ndim != 2 or loss_mask.shape != logprobs.shape:
-        raise ValueError(f"policy_loss: expected logprobs [B, T] and loss_mask [B, T] of equal shape, "
-                         f"found {logprobs.shape} and {loss_mask.shape}")
-    shape = logprobs.shape
-    logp = logprobs.astype(jnp.float32)
-    mask = loss_mask.astype(jnp.float32)
-    if segment_ids is not None:
-        mask = mask * (segment_ids > 0)
-    if advantages.ndim == 1 and advantages.shape[0] == shape[0]:
-        adv = jnp.broadcast_to(advantages[:, None], shape)
-    elif advantages.shape == shape:
-        adv = advantages
-    else:
-        raise ValueError(f"policy_loss: expected advantages [B]={shape[:1]} or [B, T]={shape}, "
-                         f"found {advantages.shape}")
-    adv = jax.lax.stop_gradient(adv.astype(jnp.float32))
-    if old_logprobs is None:
-        logp_old = jax.lax.stop_gradient(logp)
-    else:
-        logp_old = jax.lax.stop_gradient(_require(old_logprobs, "old_logprobs", "PPO", shape))
+  Args:
+    logprobs: [B, T] log-probs of the taken tokens under the current params (differentiated).
+    advantages: [B] per trajectory or [B, T] per token.
+    loss_mask: [B, T] 1 on the policy's own tokens, 0 on prompt/observation/padding.
+    cfg: PolicyLossConfig.
+    old_logprobs: [B, T] anchor of the ratio; None means on-policy (stop_grad(logprobs)).
+    sampler_logprobs: [B, T] recorded by the engine; required when cfg.tis_cap is set.
+    ref_logprobs: [B, T] reference policy; required when cfg.kl_coef > 0.
+    entropies: [B, T] per-token entropy of the current policy; required when cfg.entropy_coef > 0.
+    segment_ids: [B, T] optional packing segments (0 = padding) for per-sequence aggregations.
+  Returns:
+    loss_sum, denominator: float32 scalars (see aggregation.py for what each mode sums/counts).
+    metrics: dict of float32 scalars, additive sums over loss tokens plus "ratio_max"/"ratio_min";
+      combine across micro-batches with ``combine_metrics``, read with ``finalize_metrics``.
+  """
+  if logprobs.ndim != 2 or loss_mask.shape != logprobs.shape:
+    raise ValueError(
+        f"policy_loss: expected logprobs [B, T] and loss_mask [B, T] of equal shape, "
+        f"found {logprobs.shape} and {loss_mask.shape}"
+    )
+  shape = logprobs.shape
+  logp = logprobs.astype(jnp.float32)
+  mask = loss_mask.astype(jnp.float32)
+  if segment_ids is not None:
+    mask = mask * (segment_ids > 0)
+  if advantages.ndim == 1 and advantages.shape[0] == shape[0]:
+    adv = jnp.broadcast_to(advantages[:, None], shape)
+  elif advantages.shape == shape:
+    adv = advantages
+  else:
+    raise ValueError(
+        f"policy_loss: expected advantages [B]={shape[:1]} or [B, T]={shape}, "
+        f"found {advantages.shape}"
+    )
+  adv = jax.lax.stop_gradient(adv.astype(jnp.float32))
+  if old_logprobs is None:
+    logp_old = jax.lax.stop_gradient(logp)
+  else:
+    logp_old = jax.lax.stop_gradient(_require(old_logprobs, "old_logprobs", "PPO", shape))
 
-    pg_loss, indicators = POLICY_LOSSES[cfg.policy_loss](logp, logp_old, adv, cfg)
-    token_loss = pg_loss
-    ratio = jnp.exp(logp - logp_old)
-    # Metrics never carry gradient.
-    ratio_ng = jax.lax.stop_gradient(ratio)
-    metrics = {
-        "num_tokens": mask.sum(),
-        "pg_loss_sum": jax.lax.stop_gradient(pg_loss * mask).sum(),
-        "clip_low_count": (indicators["clip_low"] * mask).sum(),
-        "clip_high_count": (indicators["clip_high"] * mask).sum(),
-        "dual_clip_count": (indicators["dual_clip"] * mask).sum(),
-        "ratio_sum": (ratio_ng * mask).sum(),
-        "ratio_sq_sum": (ratio_ng ** 2 * mask).sum(),
-        "ratio_max": jnp.where(mask > 0, ratio_ng, -jnp.inf).max(),
-        "ratio_min": jnp.where(mask > 0, ratio_ng, jnp.inf).min(),
-        # k3 estimate of KL(pi_old || pi_theta) on tokens sampled from (about) pi_old.
-        "approx_kl_sum": ((ratio_ng - 1.0 - jnp.log(ratio_ng)) * mask).sum(),
-    }
-    if cfg.tis_cap is not None:
-        logp_smp = _require(sampler_logprobs, "sampler_logprobs", "tis_cap", shape)
-        raw_weight = jnp.exp(logp_old - logp_smp)
-        tis_weight = jax.lax.stop_gradient(jnp.minimum(raw_weight, cfg.tis_cap))
-        token_loss = tis_weight * token_loss
-        metrics["tis_weight_sum"] = (tis_weight * mask).sum()
-        metrics["tis_capped_count"] = ((raw_weight > cfg.tis_cap) * mask).sum()
-    if cfg.kl_coef > 0:
-        logp_ref = jax.lax.stop_gradient(_require(ref_logprobs, "ref_logprobs", "kl_coef > 0", shape))
-        kl = KL_ESTIMATORS[cfg.kl_estimator](logp, logp_ref)
-        token_loss = token_loss + cfg.kl_coef * kl
-        metrics["kl_sum"] = jax.lax.stop_gradient(kl * mask).sum()
-    if cfg.entropy_coef > 0:
-        entropy = _require(entropies, "entropies", "entropy_coef > 0", shape)
-        token_loss = token_loss - cfg.entropy_coef * entropy
-        metrics["entropy_sum"] = jax.lax.stop_gradient(entropy * mask).sum()
+  pg_loss, indicators = POLICY_LOSSES[cfg.policy_loss](logp, logp_old, adv, cfg)
+  token_loss = pg_loss
+  ratio = jnp.exp(logp - logp_old)
+  # Metrics never carry gradient.
+  ratio_ng = jax.lax.stop_gradient(ratio)
+  metrics = {
+      "num_tokens": mask.sum(),
+      "pg_loss_sum": jax.lax.stop_gradient(pg_loss * mask).sum(),
+      "clip_low_count": (indicators["clip_low"] * mask).sum(),
+      "clip_high_count": (indicators["clip_high"] * mask).sum(),
+      "dual_clip_count": (indicators["dual_clip"] * mask).sum(),
+      "ratio_sum": (ratio_ng * mask).sum(),
+      "ratio_sq_sum": (ratio_ng**2 * mask).sum(),
+      "ratio_max": jnp.where(mask > 0, ratio_ng, -jnp.inf).max(),
+      "ratio_min": jnp.where(mask > 0, ratio_ng, jnp.inf).min(),
+      # k3 estimate of KL(pi_old || pi_theta) on tokens sampled from (about) pi_old.
+      "approx_kl_sum": ((ratio_ng - 1.0 - jnp.log(ratio_ng)) * mask).sum(),
+  }
+  if cfg.tis_cap is not None:
+    logp_smp = _require(sampler_logprobs, "sampler_logprobs", "tis_cap", shape)
+    raw_weight = jnp.exp(logp_old - logp_smp)
+    tis_weight = jax.lax.stop_gradient(jnp.minimum(raw_weight, cfg.tis_cap))
+    token_loss = tis_weight * token_loss
+    metrics["tis_weight_sum"] = (tis_weight * mask).sum()
+    metrics["tis_capped_count"] = ((raw_weight > cfg.tis_cap) * mask).sum()
+  if cfg.kl_coef > 0:
+    logp_ref = jax.lax.stop_gradient(_require(ref_logprobs, "ref_logprobs", "kl_coef > 0", shape))
+    kl = KL_ESTIMATORS[cfg.kl_estimator](logp, logp_ref)
+    token_loss = token_loss + cfg.kl_coef * kl
+    metrics["kl_sum"] = jax.lax.stop_gradient(kl * mask).sum()
+  if cfg.entropy_coef > 0:
+    entropy = _require(entropies, "entropies", "entropy_coef > 0", shape)
+    token_loss = token_loss - cfg.entropy_coef * entropy
+    metrics["entropy_sum"] = jax.lax.stop_gradient(entropy * mask).sum()
 
-    loss_sum, denom = aggregation_lib.aggregate(cfg.aggregation, token_loss, mask,
-                                                segment_ids=segment_ids,
-                                                token_sum_norm=cfg.token_sum_norm)
-    return loss_sum, denom, {k: v.astype(jnp.float32) for k, v in metrics.items()}
+  loss_sum, denom = aggregation_lib.aggregate(
+      cfg.aggregation, token_loss, mask, segment_ids=segment_ids, token_sum_norm=cfg.token_sum_norm
+  )
+  return loss_sum, denom, {k: v.astype(jnp.float32) for k, v in metrics.items()}
 
 
 def combine_metrics(a: Mapping[str, Array], b: Mapping[str, Array]) -> dict[str, Array]:
-    """Combine two micro-batches' metric dicts: max/min for ratio extremes, sums otherwise."""
-    if set(a) != set(b):
-        raise ValueError(f"combine_metrics: metric keys differ: {sorted(a)} vs {sorted(b)}")
-    out = {}
-    for key in a:
-        if key == "ratio_max":
-            out[key] = jnp.maximum(a[key], b[key])
-        elif key == "ratio_min":
-            out[key] = jnp.minimum(a[key], b[key])
-        else:
-            out[key] = a[key] + b[key]
-    return out
+  """Combine two micro-batches' metric dicts: max/min for ratio extremes, sums otherwise."""
+  if set(a) != set(b):
+    raise ValueError(f"combine_metrics: metric keys differ: {sorted(a)} vs {sorted(b)}")
+  out = {}
+  for key in a:
+    if key == "ratio_max":
+      out[key] = jnp.maximum(a[key], b[key])
+    elif key == "ratio_min":
+      out[key] = jnp.minimum(a[key], b[key])
+    else:
+      out[key] = a[key] + b[key]
+  return out
 
 
 def finalize_metrics(sums: Mapping[str, Array]) -> dict[str, Array]:
-    """Fractions and means over loss tokens from (combined) metric sums.
+  """Fractions and means over loss tokens from (combined) metric sums.
 
-    clip_*_frac = count / num_tokens; ratio_mean, ratio_std; approx_kl; and
-    tis_weight_mean, tis_capped_frac, kl, entropy when those terms are enabled.
-    """
-    n = jnp.maximum(sums["num_tokens"], 1.0)
-    ratio_mean = sums["ratio_sum"] / n
-    out = {
-        "num_tokens": sums["num_tokens"],
-        "pg_loss_token_mean": sums["pg_loss_sum"] / n,
-        "clip_low_frac": sums["clip_low_count"] / n,
-        "clip_high_frac": sums["clip_high_count"] / n,
-        "dual_clip_frac": sums["dual_clip_count"] / n,
-        "ratio_mean": ratio_mean,
-        "ratio_std": jnp.sqrt(jnp.maximum(sums["ratio_sq_sum"] / n - ratio_mean ** 2, 0.0)),
-        "ratio_max": sums["ratio_max"],
-        "ratio_min": sums["ratio_min"],
-        "approx_kl": sums["approx_kl_sum"] / n,
-    }
-    if "tis_weight_sum" in sums:
-        out["tis_weight_mean"] = sums["tis_weight_sum"] / n
-        out["tis_capped_frac"] = sums["tis_capped_count"] / n
-    if "kl_sum" in sums:
-        out["kl"] = sums["kl_sum"] / n
-    if "entropy_sum" in sums:
-        out["entropy"] = sums["entropy_sum"] / n
-    return out
+  clip_*_frac = count / num_tokens; ratio_mean, ratio_std; approx_kl; and
+  tis_weight_mean, tis_capped_frac, kl, entropy when those terms are enabled.
+  """
+  n = jnp.maximum(sums["num_tokens"], 1.0)
+  ratio_mean = sums["ratio_sum"] / n
+  out = {
+      "num_tokens": sums["num_tokens"],
+      "pg_loss_token_mean": sums["pg_loss_sum"] / n,
+      "clip_low_frac": sums["clip_low_count"] / n,
+      "clip_high_frac": sums["clip_high_count"] / n,
+      "dual_clip_frac": sums["dual_clip_count"] / n,
+      "ratio_mean": ratio_mean,
+      "ratio_std": jnp.sqrt(jnp.maximum(sums["ratio_sq_sum"] / n - ratio_mean**2, 0.0)),
+      "ratio_max": sums["ratio_max"],
+      "ratio_min": sums["ratio_min"],
+      "approx_kl": sums["approx_kl_sum"] / n,
+  }
+  if "tis_weight_sum" in sums:
+    out["tis_weight_mean"] = sums["tis_weight_sum"] / n
+    out["tis_capped_frac"] = sums["tis_capped_count"] / n
+  if "kl_sum" in sums:
+    out["kl"] = sums["kl_sum"] / n
+  if "entropy_sum" in sums:
+    out["entropy"] = sums["entropy_sum"] / n
+  return out
 
 
-def sft_cross_entropy(target_logprobs: Array, loss_mask: Array, *,
-                      aggregation: str = "token-mean",
-                      segment_ids: Optional[Array] = None,
-                      token_sum_norm: Optional[float] = None) -> tuple[Array, Array]:
-    """Masked token cross-entropy as (loss_sum, denominator).
+def sft_cross_entropy(
+    target_logprobs: Array,
+    loss_mask: Array,
+    *,
+    aggregation: str = "token-mean",
+    segment_ids: Optional[Array] = None,
+    token_sum_norm: Optional[float] = None,
+) -> tuple[Array, Array]:
+  """Masked token cross-entropy as (loss_sum, denominator).
 
-    Args:
-      target_logprobs: [B, T] log p(target token) (the model's log-softmax gathered at the labels).
-      loss_mask: [B, T] 1 on tokens to learn (assistant content and its end-of-turn token).
-    Returns:
-      With the default "token-mean": (-sum m logp, sum m); the step divides by the
-      global number of masked tokens, exact under packing and micro-batching.
-    """
-    return aggregation_lib.aggregate(aggregation, -target_logprobs.astype(jnp.float32), loss_mask,
-                                     segment_ids=segment_ids, token_sum_norm=token_sum_norm)
+  Args:
+    target_logprobs: [B, T] log p(target token) (the model's log-softmax gathered at the labels).
+    loss_mask: [B, T] 1 on tokens to learn (assistant content and its end-of-turn token).
+  Returns:
+    With the default "token-mean": (-sum m logp, sum m); the step divides by the
+    global number of masked tokens, exact under packing and micro-batching.
+  """
+  return aggregation_lib.aggregate(
+      aggregation,
+      -target_logprobs.astype(jnp.float32),
+      loss_mask,
+      segment_ids=segment_ids,
+      token_sum_norm=token_sum_norm,
+  )

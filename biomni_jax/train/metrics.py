@@ -5,6 +5,7 @@ each scalar under its name in `<workdir>/tensorboard/`. A run that resumes from 
 records of steps > k, written by the interrupted run after its last checkpoint, so the file reads as one
 uninterrupted run. (TensorBoard shows the newest value of a step, so its files need no cleanup.)
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,13 @@ def _scalar(name: str, value: Any) -> float:
 class MetricsWriter:
   """Writes scalar metrics per step to JSONL and (optionally) TensorBoard. Call `close` at the end."""
 
-  def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True,
-               resume_step: Optional[int] = None):
+  def __init__(
+      self,
+      workdir: str | os.PathLike,
+      *,
+      tensorboard: bool = True,
+      resume_step: Optional[int] = None,
+  ):
     os.makedirs(workdir, exist_ok=True)
     self.jsonl_path = os.path.join(os.fspath(workdir), JSONL_NAME)
     if os.path.exists(self.jsonl_path):
@@ -55,7 +61,10 @@ class MetricsWriter:
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # imported lazily: only runs that log to TensorBoard need it
-      self._tb = SummaryWriter(logdir=os.path.join(os.fspath(workdir), TENSORBOARD_DIR), flush_secs=10)
+
+      self._tb = SummaryWriter(
+          logdir=os.path.join(os.fspath(workdir), TENSORBOARD_DIR), flush_secs=10
+      )
 
   def _truncate_after(self, step: int) -> None:
     kept = [r for r in read_jsonl_metrics(self.jsonl_path) if int(r.get("step", 0)) <= step]
@@ -67,7 +76,10 @@ class MetricsWriter:
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Log scalars (python numbers, numpy or jax scalars) for `step`; non-finite values are kept as null."""
     values = {name: _scalar(name, v) for name, v in metrics.items()}
-    record = {"step": int(step), **{k: (v if math.isfinite(v) else None) for k, v in values.items()}}
+    record = {
+        "step": int(step),
+        **{k: (v if math.isfinite(v) else None) for k, v in values.items()},
+    }
     self._jsonl.write(json.dumps(record, sort_keys=True) + "\n")
     self._jsonl.flush()
     if self._tb is not None:

@@ -18,6 +18,7 @@ pool's consumed task ids, so a resumed run neither repeats nor skips tasks), `me
 `tensorboard/`, `config.json`. Config fields: section `rl` (see configs/demo_rl.py), plus `model`,
 `optimizer`, `mesh`, `tokenizer` as in SFT.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,25 +43,43 @@ from biomni_jax.train.step import BATCH_AXES, TrainState, make_train_step
 
 CHECKPOINT_DIR = "checkpoints"
 # Fields the jitted RL step reads (the rest of rl_batch.RL_ROW_FIELDS stays on the host).
-STEP_FIELDS = ("tokens", "targets", "target_mask", "segment_ids", "positions", "sampler_logprobs",
-               "advantages", "old_logprobs")
+STEP_FIELDS = (
+    "tokens",
+    "targets",
+    "target_mask",
+    "segment_ids",
+    "positions",
+    "sampler_logprobs",
+    "advantages",
+    "old_logprobs",
+)
 
 
 class GroupSource(Protocol):
   """What the trainer needs of the rollout pool (rollout.RolloutPool; tests use fakes)."""
 
-  def get_groups(self, num_groups: int, timeout_s: Optional[float] = None) -> list: ...
-  def publish_version(self, version: int) -> None: ...
-  def consumed_task_ids(self) -> list[str]: ...
-  def stats(self) -> dict: ...
+  def get_groups(self, num_groups: int, timeout_s: Optional[float] = None) -> list:
+    ...
+
+  def publish_version(self, version: int) -> None:
+    ...
+
+  def consumed_task_ids(self) -> list[str]:
+    ...
+
+  def stats(self) -> dict:
+    ...
 
 
 # --------------------------------------------------------------------------------------------- settings
 
+
 @dataclasses.dataclass(frozen=True)
 class RLSettings:
   """The `rl` config section. num_groups x group_size trajectories per rollout batch, cut into
-  num_minibatches optimizer steps; row_length >= the longest trajectory (longer ones are truncated)."""
+  num_minibatches optimizer steps; row_length >= the longest trajectory (longer ones are truncated).
+  """
+
   num_groups: int
   group_size: int
   num_minibatches: int
@@ -95,8 +114,13 @@ class RLSettings:
         row_length=field(config, "rl.seq_len", int, minimum=2),
         pack=field(config, "rl.pack", bool, default=True),
         rows_multiple_of=field(config, "rl.rows_multiple_of", int, minimum=1, default=1),
-        advantage_estimator=field(config, "rl.advantage_estimator", str, default="drgrpo",
-                                  choices=("grpo", "drgrpo", "rloo")),
+        advantage_estimator=field(
+            config,
+            "rl.advantage_estimator",
+            str,
+            default="drgrpo",
+            choices=("grpo", "drgrpo", "rloo"),
+        ),
         temperature=field(config, "rl.temperature", (int, float), minimum=0.0),
         num_steps=field(config, "rl.num_steps", int, minimum=0, default=0),
         save_every=field(config, "rl.save_every", int, minimum=0, default=1),
@@ -105,14 +129,19 @@ class RLSettings:
         get_groups_timeout_s=float(timeout) if timeout else None,
         tensorboard=field(config, "rl.tensorboard", bool, default=True),
         progress_bar=field(config, "rl.progress_bar", bool, default=True),
-        loss=loss)
+        loss=loss,
+    )
     del rl
     if (s.num_groups * s.group_size) % s.num_minibatches:
-      raise ConfigError(f"config field 'rl.num_minibatches': {s.num_minibatches} does not divide "
-                        f"rl.num_groups x rl.group_size = {s.num_groups * s.group_size}")
+      raise ConfigError(
+          f"config field 'rl.num_minibatches': {s.num_minibatches} does not divide "
+          f"rl.num_groups x rl.group_size = {s.num_groups * s.group_size}"
+      )
     if s.rows_multiple_of % s.micro_batches:
-      raise ConfigError(f"config field 'rl.micro_batches': {s.micro_batches} does not divide "
-                        f"rl.rows_multiple_of={s.rows_multiple_of}")
+      raise ConfigError(
+          f"config field 'rl.micro_batches': {s.micro_batches} does not divide "
+          f"rl.rows_multiple_of={s.rows_multiple_of}"
+      )
     return s
 
   @property
@@ -123,8 +152,13 @@ class RLSettings:
 
 # --------------------------------------------------------------------------------------------- jitted pieces
 
-def make_rl_loss(model_config: ModelConfig, loss_cfg: losses.PolicyLossConfig, temperature: float,
-                 sharding: Optional[ShardingRules] = None):
+
+def make_rl_loss(
+    model_config: ModelConfig,
+    loss_cfg: losses.PolicyLossConfig,
+    temperature: float,
+    sharding: Optional[ShardingRules] = None,
+):
   """loss_fn(params, rows) -> (loss_sum, denominator, metric sums) for the train step.
 
   rows: STEP_FIELDS as [B, L] arrays (rl_batch layout + old_logprobs float32). The current policy's
@@ -133,14 +167,30 @@ def make_rl_loss(model_config: ModelConfig, loss_cfg: losses.PolicyLossConfig, t
   with_entropy = loss_cfg.entropy_coef > 0
 
   def loss_fn(params, rows):
-    out = M.token_logprobs(model_config, params, rows["tokens"], rows["targets"], positions=rows["positions"],
-                           segment_ids=rows["segment_ids"], sharding=sharding, temperature=temperature,
-                           with_entropy=with_entropy)
+    out = M.token_logprobs(
+        model_config,
+        params,
+        rows["tokens"],
+        rows["targets"],
+        positions=rows["positions"],
+        segment_ids=rows["segment_ids"],
+        sharding=sharding,
+        temperature=temperature,
+        with_entropy=with_entropy,
+    )
     logp, entropy = out if with_entropy else (out, None)
-    return losses.policy_loss(logp, rows["advantages"], rows["target_mask"].astype(jnp.float32), loss_cfg,
-                              old_logprobs=rows["old_logprobs"], sampler_logprobs=rows["sampler_logprobs"],
-                              ref_logprobs=rows.get("ref_logprobs"), entropies=entropy,
-                              segment_ids=rows["segment_ids"])
+    return losses.policy_loss(
+        logp,
+        rows["advantages"],
+        rows["target_mask"].astype(jnp.float32),
+        loss_cfg,
+        old_logprobs=rows["old_logprobs"],
+        sampler_logprobs=rows["sampler_logprobs"],
+        ref_logprobs=rows.get("ref_logprobs"),
+        entropies=entropy,
+        segment_ids=rows["segment_ids"],
+    )
+
   return loss_fn
 
 
@@ -150,25 +200,44 @@ def make_logprob_fn(model_config: ModelConfig, sharding: ShardingRules, temperat
   rows_sh = sharding.sharding(BATCH_AXES)
 
   def logprobs(params, tokens, targets, positions, segment_ids):
-    return M.token_logprobs(model_config, params, tokens, targets, positions=positions,
-                            segment_ids=segment_ids, sharding=sharding, temperature=temperature)
-  return jax.jit(logprobs, in_shardings=(param_sh, rows_sh, rows_sh, rows_sh, rows_sh), out_shardings=rows_sh)
+    return M.token_logprobs(
+        model_config,
+        params,
+        tokens,
+        targets,
+        positions=positions,
+        segment_ids=segment_ids,
+        sharding=sharding,
+        temperature=temperature,
+    )
+
+  return jax.jit(
+      logprobs, in_shardings=(param_sh, rows_sh, rows_sh, rows_sh, rows_sh), out_shardings=rows_sh
+  )
 
 
-def recompute_logprobs(logprob_fn, params, rows: dict[str, np.ndarray], batch_rows: int,
-                       sharding: ShardingRules) -> np.ndarray:
+def recompute_logprobs(
+    logprob_fn, params, rows: dict[str, np.ndarray], batch_rows: int, sharding: ShardingRules
+) -> np.ndarray:
   """log p(targets) float32 [R, L] under `params`, `batch_rows` rows at a time, 0 off the target mask."""
   n = rows["tokens"].shape[0]
   out = np.zeros(rows["tokens"].shape, np.float32)
   target = sharding.sharding(BATCH_AXES)
   step = min(batch_rows, n)
   for start in range(0, n, step):
-    chunk = {k: rows[k][start:start + step] for k in ("tokens", "targets", "positions", "segment_ids")}
+    chunk = {
+        k: rows[k][start : start + step] for k in ("tokens", "targets", "positions", "segment_ids")
+    }
     real = chunk["tokens"].shape[0]
     if real < step:  # keep one compiled shape
-      chunk = {k: np.concatenate([v, np.zeros((step - real,) + v.shape[1:], v.dtype)]) for k, v in chunk.items()}
-    placed = [jax.device_put(chunk[k], target) for k in ("tokens", "targets", "positions", "segment_ids")]
-    out[start:start + real] = np.asarray(logprob_fn(params, *placed))[:real]
+      chunk = {
+          k: np.concatenate([v, np.zeros((step - real,) + v.shape[1:], v.dtype)])
+          for k, v in chunk.items()
+      }
+    placed = [
+        jax.device_put(chunk[k], target) for k in ("tokens", "targets", "positions", "segment_ids")
+    ]
+    out[start : start + real] = np.asarray(logprob_fn(params, *placed))[:real]
   return out * (rows["target_mask"] > 0)
 
 
@@ -188,33 +257,57 @@ def sampler_mismatch(old: np.ndarray, rows: dict[str, np.ndarray]) -> dict[str, 
 
 # --------------------------------------------------------------------------------------------- the trainer
 
+
 class RLTrainer:
   """Owns the jitted step and log-prob functions; `train_on_groups` is one RL step (k optimizer steps)."""
 
-  def __init__(self, model_config: ModelConfig, settings: RLSettings, optimizer, sharding: ShardingRules, *,
-               learning_rate_fn=None, seed: int = 0):
+  def __init__(
+      self,
+      model_config: ModelConfig,
+      settings: RLSettings,
+      optimizer,
+      sharding: ShardingRules,
+      *,
+      learning_rate_fn=None,
+      seed: int = 0,
+  ):
     self.model_config, self.s, self.sharding, self.seed = model_config, settings, sharding, seed
     loss_fn = make_rl_loss(model_config, settings.loss, settings.logprob_temperature, sharding)
-    self.step_fn = make_train_step(model_config, loss_fn, optimizer, sharding=sharding,
-                                   micro_batches=settings.micro_batches, learning_rate_fn=learning_rate_fn,
-                                   combine_metrics=losses.combine_metrics)
+    self.step_fn = make_train_step(
+        model_config,
+        loss_fn,
+        optimizer,
+        sharding=sharding,
+        micro_batches=settings.micro_batches,
+        learning_rate_fn=learning_rate_fn,
+        combine_metrics=losses.combine_metrics,
+    )
     self.logprob_fn = make_logprob_fn(model_config, sharding, settings.logprob_temperature)
 
-  def build(self, groups: Sequence[Any], rl_step: int) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+  def build(
+      self, groups: Sequence[Any], rl_step: int
+  ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
     """The rollout batch's k mini-batches (rl_batch layout) and its advantages [N]."""
     return rl_batch.build_minibatches(
-        groups, num_minibatches=self.s.num_minibatches, row_length=self.s.row_length,
-        estimator=self.s.advantage_estimator, pack=self.s.pack, rows_multiple_of=self.s.rows_multiple_of,
-        seed=self.seed * 1_000_003 + rl_step)
+        groups,
+        num_minibatches=self.s.num_minibatches,
+        row_length=self.s.row_length,
+        estimator=self.s.advantage_estimator,
+        pack=self.s.pack,
+        rows_multiple_of=self.s.rows_multiple_of,
+        seed=self.seed * 1_000_003 + rl_step,
+    )
 
-  def train_on_groups(self, state: TrainState, groups: Sequence[Any], rl_step: int
-                      ) -> tuple[TrainState, dict[str, float]]:
+  def train_on_groups(
+      self, state: TrainState, groups: Sequence[Any], rl_step: int
+  ) -> tuple[TrainState, dict[str, float]]:
     """Recompute old log-probs under state.params, then one optimizer step per mini-batch."""
     minibatches, adv = self.build(groups, rl_step)
     t0 = time.perf_counter()
     for rows in minibatches:
-      rows["old_logprobs"] = recompute_logprobs(self.logprob_fn, state.params, rows, self.s.logprob_batch_rows,
-                                                self.sharding)
+      rows["old_logprobs"] = recompute_logprobs(
+          self.logprob_fn, state.params, rows, self.s.logprob_batch_rows, self.sharding
+      )
     logprob_seconds = time.perf_counter() - t0
     mismatch = [sampler_mismatch(rows["old_logprobs"], rows) for rows in minibatches]
     target = self.sharding.sharding(BATCH_AXES)
@@ -236,15 +329,32 @@ class RLTrainer:
       values = [m[key] for m in mismatch if key in m]
       if values:
         out[key] = float(np.mean(values))
-    out.update(advantage_abs_mean=float(np.abs(adv).mean()), optimizer_steps=float(len(minibatches)),
-               rows=float(sum(r["tokens"].shape[0] for r in minibatches)),
-               logprob_seconds=logprob_seconds, train_seconds=train_seconds)
+    out.update(
+        advantage_abs_mean=float(np.abs(adv).mean()),
+        optimizer_steps=float(len(minibatches)),
+        rows=float(sum(r["tokens"].shape[0] for r in minibatches)),
+        logprob_seconds=logprob_seconds,
+        train_seconds=train_seconds,
+    )
     return state, out
 
 
-_LOSS_SUM_KEYS = ("num_tokens", "pg_loss_sum", "clip_low_count", "clip_high_count", "dual_clip_count",
-                  "ratio_sum", "ratio_sq_sum", "ratio_max", "ratio_min", "approx_kl_sum", "tis_weight_sum",
-                  "tis_capped_count", "kl_sum", "entropy_sum")
+_LOSS_SUM_KEYS = (
+    "num_tokens",
+    "pg_loss_sum",
+    "clip_low_count",
+    "clip_high_count",
+    "dual_clip_count",
+    "ratio_sum",
+    "ratio_sq_sum",
+    "ratio_max",
+    "ratio_min",
+    "approx_kl_sum",
+    "tis_weight_sum",
+    "tis_capped_count",
+    "kl_sum",
+    "entropy_sum",
+)
 
 
 def copy_params(params):
@@ -254,9 +364,11 @@ def copy_params(params):
 
 # --------------------------------------------------------------------------------------------- the loop
 
+
 @dataclasses.dataclass
 class RLRun:
   """What `run_rl_loop` needs besides the pool; `publish(params, version)` updates the engine."""
+
   trainer: RLTrainer
   checkpointer: Checkpointer
   writer: MetricsWriter
@@ -264,21 +376,34 @@ class RLRun:
   total_steps: int
 
 
-def run_rl_loop(run: RLRun, state: TrainState, pool: GroupSource, start_step: int,
-                extra_metrics: Optional[Callable[[int, TrainState], dict]] = None) -> tuple[TrainState, dict]:
+def run_rl_loop(
+    run: RLRun,
+    state: TrainState,
+    pool: GroupSource,
+    start_step: int,
+    extra_metrics: Optional[Callable[[int, TrainState], dict]] = None,
+) -> tuple[TrainState, dict]:
   """RL steps start_step+1 .. total_steps. Weight version after RL step k is k (the engine starts at the
   restored version, start_step). Checkpoint extra: {"version", "consumed_task_ids"}."""
   s = run.trainer.s
-  summary: dict[str, Any] = {"start_step": start_step, "total_steps": run.total_steps, "rewards": {},
-                             "success": {}}
-  bar = tqdm(total=run.total_steps, initial=start_step, disable=not s.progress_bar, desc="rl", unit="step")
+  summary: dict[str, Any] = {
+      "start_step": start_step,
+      "total_steps": run.total_steps,
+      "rewards": {},
+      "success": {},
+  }
+  bar = tqdm(
+      total=run.total_steps, initial=start_step, disable=not s.progress_bar, desc="rl", unit="step"
+  )
   try:
     for rl_step in range(start_step + 1, run.total_steps + 1):
       t0 = time.perf_counter()
       groups = pool.get_groups(s.num_groups, timeout_s=s.get_groups_timeout_s)
       wait_seconds = time.perf_counter() - t0
       if len(groups) != s.num_groups:
-        raise RuntimeError(f"rl step {rl_step}: the pool returned {len(groups)} groups, expected {s.num_groups}")
+        raise RuntimeError(
+            f"rl step {rl_step}: the pool returned {len(groups)} groups, expected {s.num_groups}"
+        )
       version = rl_step - 1
       metrics = rl_metrics.episode_metrics(groups, ks=(1,))
       metrics.update(rl_metrics.staleness_metrics(groups, version))
@@ -287,20 +412,29 @@ def run_rl_loop(run: RLRun, state: TrainState, pool: GroupSource, start_step: in
       run.publish(state.params, rl_step)
       pool.publish_version(rl_step)
       metrics.update(rl_metrics.pool_metrics(pool.stats()))
-      metrics.update(wait_for_groups_seconds=wait_seconds, step_seconds=time.perf_counter() - t0,
-                     version=float(rl_step))
+      metrics.update(
+          wait_for_groups_seconds=wait_seconds,
+          step_seconds=time.perf_counter() - t0,
+          version=float(rl_step),
+      )
       if extra_metrics is not None:
         metrics.update(extra_metrics(rl_step, state))
       run.writer.write(rl_step, metrics)
       summary["rewards"][rl_step] = metrics["reward"]
       summary["success"][rl_step] = metrics["success"]
       bar.update(1)
-      bar.set_postfix(reward=f"{metrics['reward']:.3f}", success=f"{metrics['success']:.2f}",
-                      clip=f"{metrics.get('clip_low_frac', 0) + metrics.get('clip_high_frac', 0):.3f}")
+      bar.set_postfix(
+          reward=f"{metrics['reward']:.3f}",
+          success=f"{metrics['success']:.2f}",
+          clip=f"{metrics.get('clip_low_frac', 0) + metrics.get('clip_high_frac', 0):.3f}",
+      )
       if (s.save_every and rl_step % s.save_every == 0) or rl_step == run.total_steps:
-        run.checkpointer.save(rl_step, state, {"version": rl_step,
-                                               "consumed_task_ids": list(pool.consumed_task_ids())},
-                              force=True)
+        run.checkpointer.save(
+            rl_step,
+            state,
+            {"version": rl_step, "consumed_task_ids": list(pool.consumed_task_ids())},
+            force=True,
+        )
   finally:
     bar.close()
   summary["final_step"] = int(state.step)
@@ -319,7 +453,11 @@ def task_stream(tasks: Sequence[Any], epochs: int, seed: int) -> Iterator[Any]:
 
 def write_config(config, workdir: str) -> None:
   with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=1) if hasattr(config, "to_json") else json.dumps(dict(config), indent=1))
+    f.write(
+        config.to_json(indent=1)
+        if hasattr(config, "to_json")
+        else json.dumps(dict(config), indent=1)
+    )
 
 
 # --------------------------------------------------------------------------------------------- assembly
@@ -342,20 +480,27 @@ def load_sft_run(sft_workdir: str, sharding: ShardingRules):
 
   config_path = os.path.join(sft_workdir, "config.json")
   if not os.path.isfile(config_path):
-    raise ConfigError(f"config field 'rl.init_from_sft': {sft_workdir!r} has no config.json (expected an SFT "
-                      f"run's workdir)")
+    raise ConfigError(
+        f"config field 'rl.init_from_sft': {sft_workdir!r} has no config.json (expected an SFT "
+        f"run's workdir)"
+    )
   with open(config_path) as f:
     sft_config = ml_collections.ConfigDict(json.load(f))
   has_own_tokenizer = bool(field(sft_config, "tokenizer.path", str, default=""))
-  tokenizer = load_tokenizer(sft_config.tokenizer.path if has_own_tokenizer
-                             else os.path.join(sft_workdir, TOKENIZER_DIR))
+  tokenizer = load_tokenizer(
+      sft_config.tokenizer.path if has_own_tokenizer else os.path.join(sft_workdir, TOKENIZER_DIR)
+  )
   model_cfg = model_config(sft_config, vocab_size=None if has_own_tokenizer else len(tokenizer))
   opt_cfg = dict(sft_config.optimizer)
-  opt_cfg["total_steps"] = max(int(opt_cfg.get("total_steps") or 0), int(opt_cfg.get("warmup_steps") or 0) + 1)
+  opt_cfg["total_steps"] = max(
+      int(opt_cfg.get("total_steps") or 0), int(opt_cfg.get("warmup_steps") or 0) + 1
+  )
   optimizer = make_optimizer(opt_cfg)
   with Checkpointer(os.path.join(sft_workdir, SFT_CHECKPOINTS), async_save=False) as ckpt:
     if ckpt.latest_step() is None:
-      raise ConfigError(f"config field 'rl.init_from_sft': no checkpoint under {sft_workdir}/{SFT_CHECKPOINTS}")
+      raise ConfigError(
+          f"config field 'rl.init_from_sft': no checkpoint under {sft_workdir}/{SFT_CHECKPOINTS}"
+      )
     state, _ = ckpt.restore(abstract_train_state(model_cfg, optimizer, sharding))
   return model_cfg, state.params, tokenizer, sft_config
 
@@ -364,6 +509,7 @@ def build_tasks(config) -> list:
   """The training task instances: rl.tasks_per_family instances of each of rl.task_families (split
   rl.task_split), in family order."""
   from biomni_jax.env.tasks import get_family
+
   families = list(field(config, "rl.task_families"))
   count = field(config, "rl.tasks_per_family", int, minimum=1)
   split = field(config, "rl.task_split", str, default="train")
@@ -379,9 +525,14 @@ def build_tasks(config) -> list:
 def rollout_config(config, settings: RLSettings):
   """rollout.RolloutConfig from rl.rollout plus the fields the trainer shares with it."""
   from biomni_jax.rollout.config import RolloutConfig
+
   fields = dict(field(config, "rl.rollout", default={}) or {})
-  fields.update(group_size=settings.group_size, groups_per_batch=settings.num_groups,
-                temperature=float(settings.temperature), seed=field(config, "seed", int, default=0))
+  fields.update(
+      group_size=settings.group_size,
+      groups_per_batch=settings.num_groups,
+      temperature=float(settings.temperature),
+      seed=field(config, "seed", int, default=0),
+  )
   for key, value in list(fields.items()):
     if isinstance(value, list):
       fields[key] = tuple(value)
@@ -395,6 +546,7 @@ def default_pool_factory(*, engine, tokenizer, tasks, config, settings: RLSettin
   """The real rollout pool (biomni_jax.rollout) over a sandbox pool of config.rl.sandbox_workers."""
   from biomni_jax.env.sandbox import SandboxPool
   from biomni_jax.rollout.pool import RolloutPool
+
   sandbox = SandboxPool(max_workers=field(config, "rl.sandbox_workers", int, minimum=1, default=2))
   return RolloutPool(engine, sandbox, tokenizer, tasks, rollout_config(config, settings))
 
@@ -424,15 +576,19 @@ def train_rl(config, workdir: str, *, pool_factory: Optional[PoolFactory] = None
     tokenizer = prepare_tokenizer(config, workdir, [])
     has_own = bool(field(config, "tokenizer.path", str, default=""))
     model_cfg = model_config(config, vocab_size=None if has_own else len(tokenizer))
-    model_cfg, init_params = _initial_params(config, model_cfg, sharding)  # model.init_from: a HF directory
+    model_cfg, init_params = _initial_params(
+        config, model_cfg, sharding
+    )  # model.init_from: a HF directory
 
   tasks = build_tasks(config)
   epochs = field(config, "rl.epochs", int, minimum=1, default=1)
   total_steps = s.num_steps or max(1, epochs * len(tasks) // s.num_groups)
   if total_steps * s.num_groups > epochs * len(tasks):  # fail now, not after hours of training
-    raise ConfigError(f"config fields 'rl.num_steps' x 'rl.num_groups' = {total_steps} x {s.num_groups} need "
-                      f"{total_steps * s.num_groups} task instances, but 'rl.epochs' x tasks = {epochs} x "
-                      f"{len(tasks)}: raise rl.epochs or rl.tasks_per_family, or lower rl.num_steps")
+    raise ConfigError(
+        f"config fields 'rl.num_steps' x 'rl.num_groups' = {total_steps} x {s.num_groups} need "
+        f"{total_steps * s.num_groups} task instances, but 'rl.epochs' x tasks = {epochs} x "
+        f"{len(tasks)}: raise rl.epochs or rl.tasks_per_family, or lower rl.num_steps"
+    )
   opt_cfg = dict(field(config, "optimizer"))
   opt_cfg["total_steps"] = opt_cfg.get("total_steps") or total_steps * s.num_minibatches
   try:
@@ -441,37 +597,59 @@ def train_rl(config, workdir: str, *, pool_factory: Optional[PoolFactory] = None
     raise ConfigError(str(e)) from None
   trainer = RLTrainer(model_cfg, s, optimizer, sharding, learning_rate_fn=schedule, seed=seed)
 
-  ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=s.keep_checkpoints,
-                      async_save=field(config, "rl.async_checkpoint", bool, default=True))
+  ckpt = Checkpointer(
+      os.path.join(workdir, CHECKPOINT_DIR),
+      max_to_keep=s.keep_checkpoints,
+      async_save=field(config, "rl.async_checkpoint", bool, default=True),
+  )
   start_step, consumed = ckpt.latest_step(), []
   if start_step is None:
-    state, start_step = init_train_state(model_cfg, optimizer, seed, sharding, params=init_params), 0
+    state, start_step = (
+        init_train_state(model_cfg, optimizer, seed, sharding, params=init_params),
+        0,
+    )
   else:
     state, extra = ckpt.restore(abstract_train_state(model_cfg, optimizer, sharding))
     consumed = list(extra.get("consumed_task_ids", []))
     if int(extra.get("version", start_step)) != start_step:
-      raise ValueError(f"{ckpt.directory}/{start_step}: extra version {extra.get('version')} differs from "
-                       f"the step")
+      raise ValueError(
+          f"{ckpt.directory}/{start_step}: extra version {extra.get('version')} differs from "
+          f"the step"
+      )
   del init_params
   write_config(config, workdir)
 
-  engine = Engine(model_cfg, copy_params(state.params), sharding,
-                  num_slots=field(config, "rl.engine.num_slots", int, minimum=1, default=8),
-                  max_len=field(config, "rl.engine.max_len", int, minimum=2, default=s.row_length),
-                  detokenize=tokenizer.decode,
-                  max_prefill_chunk=field(config, "rl.engine.max_prefill_chunk", int, minimum=16, default=256),
-                  version=start_step)
+  engine = Engine(
+      model_cfg,
+      copy_params(state.params),
+      sharding,
+      num_slots=field(config, "rl.engine.num_slots", int, minimum=1, default=8),
+      max_len=field(config, "rl.engine.max_len", int, minimum=2, default=s.row_length),
+      detokenize=tokenizer.decode,
+      max_prefill_chunk=field(config, "rl.engine.max_prefill_chunk", int, minimum=16, default=256),
+      version=start_step,
+  )
   writer = MetricsWriter(workdir, tensorboard=s.tensorboard, resume_step=start_step)
   pool = None
   try:
     factory = pool_factory or default_pool_factory
-    pool = factory(engine=AsyncEngine(engine), tokenizer=tokenizer,
-                   tasks=task_stream(tasks, epochs, seed), config=config, settings=s)
+    pool = factory(
+        engine=AsyncEngine(engine),
+        tokenizer=tokenizer,
+        tasks=task_stream(tasks, epochs, seed),
+        config=config,
+        settings=s,
+    )
     pool.restore_consumed(consumed)
     pool.publish_version(start_step)
     pool.start()
-    run = RLRun(trainer=trainer, checkpointer=ckpt, writer=writer, total_steps=total_steps,
-                publish=lambda params, version: engine.update_params(copy_params(params), version))
+    run = RLRun(
+        trainer=trainer,
+        checkpointer=ckpt,
+        writer=writer,
+        total_steps=total_steps,
+        publish=lambda params, version: engine.update_params(copy_params(params), version),
+    )
     state, summary = run_rl_loop(run, state, pool, start_step)
   finally:
     if pool is not None:
@@ -481,6 +659,11 @@ def train_rl(config, workdir: str, *, pool_factory: Optional[PoolFactory] = None
     engine.shutdown()
     writer.close()
     ckpt.close()
-  summary.update(num_tasks=len(tasks), num_params=M.num_params(state.params), state=state,
-                 model_config=model_cfg, tokenizer=tokenizer)
+  summary.update(
+      num_tasks=len(tasks),
+      num_params=M.num_params(state.params),
+      state=state,
+      model_config=model_cfg,
+      tokenizer=tokenizer,
+  )
   return summary

@@ -20,6 +20,7 @@ Every trajectory counts in its group's mean reward; a trajectory flagged `overlo
 (longer than the overlong threshold with format reward 0, REFERENCE.md section 1) gets an all-zero
 loss mask, so it adds neither loss nor a sequence to the seq-mean denominators.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -29,8 +30,16 @@ import numpy as np
 from biomni_jax.data.packing import pack_examples, shift_left_within_segments, unpacked_examples
 from biomni_jax.train import advantages as advantages_lib
 
-RL_ROW_FIELDS = ("tokens", "targets", "target_mask", "segment_ids", "positions", "sampler_logprobs",
-                 "policy_versions", "advantages")
+RL_ROW_FIELDS = (
+    "tokens",
+    "targets",
+    "target_mask",
+    "segment_ids",
+    "positions",
+    "sampler_logprobs",
+    "policy_versions",
+    "advantages",
+)
 
 
 def flatten_groups(groups: Sequence[Any]) -> tuple[list[Any], np.ndarray]:
@@ -38,20 +47,26 @@ def flatten_groups(groups: Sequence[Any]) -> tuple[list[Any], np.ndarray]:
   trajectories, group_index = [], []
   for k, group in enumerate(groups):
     if not group.trajectories:
-      raise ValueError(f"rl_batch: group {k} ({group.task_name}/{group.instance_id}) has no trajectories")
+      raise ValueError(
+          f"rl_batch: group {k} ({group.task_name}/{group.instance_id}) has no trajectories"
+      )
     trajectories.extend(group.trajectories)
     group_index.extend([k] * len(group.trajectories))
   return trajectories, np.asarray(group_index, np.int32)
 
 
-def group_advantages(groups: Sequence[Any], estimator: str = "drgrpo", eps: float = 1e-6) -> np.ndarray:
+def group_advantages(
+    groups: Sequence[Any], estimator: str = "drgrpo", eps: float = 1e-6
+) -> np.ndarray:
   """float32 [N] advantages of the flattened trajectories (see advantages.py for the estimators).
 
   Rewards are each trajectory's `reward` (= correctness + format); ragged groups are fine.
   """
   trajectories, group_index = flatten_groups(groups)
   rewards = np.asarray([t.reward for t in trajectories], np.float32)
-  adv = advantages_lib.compute_advantages(estimator, rewards, group_index, num_groups=len(groups), eps=eps)
+  adv = advantages_lib.compute_advantages(
+      estimator, rewards, group_index, num_groups=len(groups), eps=eps
+  )
   return np.asarray(adv, np.float32)
 
 
@@ -62,10 +77,13 @@ def trajectory_example(trajectory: Any, advantage: float) -> dict[str, np.ndarra
   if getattr(trajectory, "overlong_and_malformed", False):
     mask = np.zeros_like(mask)
   versions = np.asarray(trajectory.policy_versions, np.int32)
-  return {"tokens": tokens, "loss_mask": mask,
-          "sampler_logprobs": np.asarray(trajectory.sampler_logprobs, np.float32) * mask,
-          "policy_versions": np.where(mask > 0, versions, -1).astype(np.int32),
-          "advantages": (np.float32(advantage) * mask).astype(np.float32)}
+  return {
+      "tokens": tokens,
+      "loss_mask": mask,
+      "sampler_logprobs": np.asarray(trajectory.sampler_logprobs, np.float32) * mask,
+      "policy_versions": np.where(mask > 0, versions, -1).astype(np.int32),
+      "advantages": (np.float32(advantage) * mask).astype(np.float32),
+  }
 
 
 def bucket_rows(num_rows: int, multiple: int) -> int:
@@ -76,9 +94,15 @@ def bucket_rows(num_rows: int, multiple: int) -> int:
   return rows
 
 
-def build_rows(examples: Sequence[dict[str, np.ndarray]], row_length: int, *, pack: bool = True,
-               rows_multiple_of: int = 1, bucket: bool = True, overlong: str = "truncate"
-               ) -> dict[str, np.ndarray]:
+def build_rows(
+    examples: Sequence[dict[str, np.ndarray]],
+    row_length: int,
+    *,
+    pack: bool = True,
+    rows_multiple_of: int = 1,
+    bucket: bool = True,
+    overlong: str = "truncate",
+) -> dict[str, np.ndarray]:
   """Lay out examples (from `trajectory_example`) and shift per-token fields onto predicting positions.
 
   Returns RL_ROW_FIELDS, each [R, row_length]. With `bucket`, R is rounded up to rows_multiple_of * 2^j.
@@ -90,8 +114,10 @@ def build_rows(examples: Sequence[dict[str, np.ndarray]], row_length: int, *, pa
   if bucket:
     target_rows = bucket_rows(num_rows, rows_multiple_of)
     if target_rows > num_rows:
-      rows = {k: np.concatenate([v, np.zeros((target_rows - num_rows, row_length), v.dtype)])
-              for k, v in rows.items()}
+      rows = {
+          k: np.concatenate([v, np.zeros((target_rows - num_rows, row_length), v.dtype)])
+          for k, v in rows.items()
+      }
   seg = rows["segment_ids"]
   targets, valid = shift_left_within_segments(rows["tokens"], seg)
   target_mask = shift_left_within_segments(rows["loss_mask"], seg)[0] * valid
@@ -102,12 +128,15 @@ def build_rows(examples: Sequence[dict[str, np.ndarray]], row_length: int, *, pa
       "target_mask": target_mask.astype(np.int32),
       "segment_ids": seg.astype(np.int32),
       "positions": rows["positions"].astype(np.int32),
-      "sampler_logprobs": np.where(on, shift_left_within_segments(rows["sampler_logprobs"], seg)[0],
-                                   0.0).astype(np.float32),
-      "policy_versions": np.where(on, shift_left_within_segments(rows["policy_versions"], seg)[0],
-                                  -1).astype(np.int32),
-      "advantages": np.where(on, shift_left_within_segments(rows["advantages"], seg)[0],
-                             0.0).astype(np.float32),
+      "sampler_logprobs": np.where(
+          on, shift_left_within_segments(rows["sampler_logprobs"], seg)[0], 0.0
+      ).astype(np.float32),
+      "policy_versions": np.where(
+          on, shift_left_within_segments(rows["policy_versions"], seg)[0], -1
+      ).astype(np.int32),
+      "advantages": np.where(
+          on, shift_left_within_segments(rows["advantages"], seg)[0], 0.0
+      ).astype(np.float32),
   }
   return out
 
@@ -116,15 +145,24 @@ def minibatch_indices(num_trajectories: int, num_minibatches: int, seed: int) ->
   """A seeded permutation of range(N) cut into `num_minibatches` parts whose sizes differ by at most one
   (groups may come back ragged when the pool excludes failed episodes)."""
   if num_minibatches < 1 or num_trajectories < num_minibatches:
-    raise ValueError(f"rl_batch: {num_trajectories} trajectories cannot fill {num_minibatches} mini-batches "
-                     f"(expected 1 <= rl.num_minibatches <= trajectories per rollout batch)")
+    raise ValueError(
+        f"rl_batch: {num_trajectories} trajectories cannot fill {num_minibatches} mini-batches "
+        f"(expected 1 <= rl.num_minibatches <= trajectories per rollout batch)"
+    )
   order = np.random.default_rng(seed).permutation(num_trajectories)
   return [np.sort(part) for part in np.array_split(order, num_minibatches)]
 
 
-def build_minibatches(groups: Sequence[Any], *, num_minibatches: int, row_length: int,
-                      estimator: str = "drgrpo", pack: bool = True, rows_multiple_of: int = 1,
-                      seed: int = 0) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+def build_minibatches(
+    groups: Sequence[Any],
+    *,
+    num_minibatches: int,
+    row_length: int,
+    estimator: str = "drgrpo",
+    pack: bool = True,
+    rows_multiple_of: int = 1,
+    seed: int = 0,
+) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
   """The k mini-batches of one rollout batch as row dicts, and the advantages [N] of all trajectories.
 
   Advantages are computed over whole groups first, so splitting a group across mini-batches does not
@@ -135,6 +173,9 @@ def build_minibatches(groups: Sequence[Any], *, num_minibatches: int, row_length
   examples = [trajectory_example(t, a) for t, a in zip(trajectories, adv)]
   minibatches = []
   for idx in minibatch_indices(len(examples), num_minibatches, seed):
-    minibatches.append(build_rows([examples[i] for i in idx], row_length, pack=pack,
-                                  rows_multiple_of=rows_multiple_of))
+    minibatches.append(
+        build_rows(
+            [examples[i] for i in idx], row_length, pack=pack, rows_multiple_of=rows_multiple_of
+        )
+    )
   return minibatches, adv

@@ -9,6 +9,7 @@ MetricsWriter. A trajectory "succeeds" when its correctness is 1 (partial credit
   length_reward_corr = Pearson correlation over trajectories of (sampled tokens, reward); 0 when either
     is constant (the paper's observation: longer structured reasoning goes with success)
 """
+
 from __future__ import annotations
 
 import collections
@@ -63,14 +64,19 @@ def episode_metrics(groups: Sequence[Any], ks: Sequence[int] = (1,)) -> dict[str
       "length_reward_corr": pearson(sampled, reward),
       "tool_seconds": float(np.mean([t.tool_seconds for t in trajs])),
       "generate_seconds": float(np.mean([t.generate_seconds for t in trajs])),
-      "overlong_and_malformed_frac": float(np.mean([bool(t.overlong_and_malformed) for t in trajs])),
+      "overlong_and_malformed_frac": float(
+          np.mean([bool(t.overlong_and_malformed) for t in trajs])
+      ),
       # Groups whose rewards are all equal give every member advantage 0: no learning signal.
       "zero_signal_group_frac": float(np.mean([np.ptp(g.rewards) == 0 for g in groups])),
   }
   sizes = {len(g.trajectories) for g in groups}
   for k in sorted(set(ks) | {max(sizes)}):
-    values = [pass_at_k(len(g.trajectories), sum(_succeeded(t) for t in g.trajectories), k)
-              for g in groups if len(g.trajectories) >= k]
+    values = [
+        pass_at_k(len(g.trajectories), sum(_succeeded(t) for t in g.trajectories), k)
+        for g in groups
+        if len(g.trajectories) >= k
+    ]
     if values:
       out[f"pass@{k}"] = float(np.mean(values))
   terminations = collections.Counter(t.termination for t in trajs)
@@ -86,7 +92,11 @@ def episode_metrics(groups: Sequence[Any], ks: Sequence[int] = (1,)) -> dict[str
 
 def staleness_metrics(groups: Sequence[Any], current_version: int) -> dict[str, float]:
   """Fractions of sampled tokens by staleness (0, 1, 2, >=3) and the maximum, against `current_version`."""
-  versions = [np.asarray(t.policy_versions)[np.asarray(t.loss_mask) > 0] for g in groups for t in g.trajectories]
+  versions = [
+      np.asarray(t.policy_versions)[np.asarray(t.loss_mask) > 0]
+      for g in groups
+      for t in g.trajectories
+  ]
   versions = np.concatenate(versions) if versions else np.zeros(0, np.int32)
   if versions.size == 0:
     return {}

@@ -13,6 +13,7 @@ JSON extra; keep-last-k), `metrics.jsonl`, `tensorboard/`, `config.json`. Starte
 it restores the newest complete checkpoint and continues with the very batch that would have come next, so
 an interrupted run (even by SIGKILL) ends with the same losses and parameters as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +41,12 @@ from biomni_jax.train.checkpoint import Checkpointer
 from biomni_jax.train.data_iter import BatchIterator
 from biomni_jax.train.metrics import MetricsWriter
 from biomni_jax.train.optimizer import make_optimizer, make_schedule
-from biomni_jax.train.step import (BATCH_AXES, abstract_train_state, init_train_state, make_train_step)
+from biomni_jax.train.step import (
+    BATCH_AXES,
+    abstract_train_state,
+    init_train_state,
+    make_train_step,
+)
 
 ROW_FIELDS = ("tokens", "targets", "target_mask", "segment_ids", "positions")
 TOKENIZER_DIR = "tokenizer"
@@ -49,25 +55,44 @@ CHECKPOINT_DIR = "checkpoints"
 
 # ----------------------------------------------------------------------------------------------- the loss
 
-def make_sft_loss(model_config: ModelConfig, sharding: Optional[ShardingRules] = None,
-                  aggregation: str = "token-mean"):
+
+def make_sft_loss(
+    model_config: ModelConfig,
+    sharding: Optional[ShardingRules] = None,
+    aggregation: str = "token-mean",
+):
   """loss_fn(params, rows) -> (loss_sum, denominator, {"target_tokens", "tokens"}) for the train step.
 
   rows: tokens, targets, target_mask, segment_ids, positions, each int32 [B, L] (packing.py's layout).
   target_tokens = sum target_mask (the trained tokens); tokens = non-padding tokens.
   """
+
   def loss_fn(params, rows):
-    logp = M.token_logprobs(model_config, params, rows["tokens"], rows["targets"], positions=rows["positions"],
-                            segment_ids=rows["segment_ids"], sharding=sharding)
+    logp = M.token_logprobs(
+        model_config,
+        params,
+        rows["tokens"],
+        rows["targets"],
+        positions=rows["positions"],
+        segment_ids=rows["segment_ids"],
+        sharding=sharding,
+    )
     mask = rows["target_mask"].astype(jnp.float32)
-    loss_sum, denom = losses.sft_cross_entropy(logp, mask, aggregation=aggregation,
-                                               segment_ids=rows["segment_ids"])
-    metrics = {"target_tokens": mask.sum(), "tokens": (rows["segment_ids"] > 0).sum().astype(jnp.float32)}
+    loss_sum, denom = losses.sft_cross_entropy(
+        logp, mask, aggregation=aggregation, segment_ids=rows["segment_ids"]
+    )
+    metrics = {
+        "target_tokens": mask.sum(),
+        "tokens": (rows["segment_ids"] > 0).sum().astype(jnp.float32),
+    }
     return loss_sum, denom, metrics
+
   return loss_fn
 
 
-def make_eval_step(model_config: ModelConfig, sharding: ShardingRules, aggregation: str = "token-mean"):
+def make_eval_step(
+    model_config: ModelConfig, sharding: ShardingRules, aggregation: str = "token-mean"
+):
   """Jitted (params, rows) -> (loss_sum, denominator): the held-out teacher-forced loss of a batch."""
   loss_fn = make_sft_loss(model_config, sharding, aggregation)
   param_sh = M.param_shardings(model_config, sharding)
@@ -75,23 +100,35 @@ def make_eval_step(model_config: ModelConfig, sharding: ShardingRules, aggregati
   def evaluate(params, rows):
     loss_sum, denom, _ = loss_fn(params, rows)
     return loss_sum, denom
-  return jax.jit(evaluate, in_shardings=(param_sh, sharding.sharding(BATCH_AXES)),
-                 out_shardings=sharding.sharding(()))
+
+  return jax.jit(
+      evaluate,
+      in_shardings=(param_sh, sharding.sharding(BATCH_AXES)),
+      out_shardings=sharding.sharding(()),
+  )
 
 
 # ----------------------------------------------------------------------------------------------- the data
 
-def load_trajectories(path: str, split: str = "train", where: str = "data.train_path") -> list[Trajectory]:
+
+def load_trajectories(
+    path: str, split: str = "train", where: str = "data.train_path"
+) -> list[Trajectory]:
   """Trajectories from a jsonl file, or from a tfds array_record dataset directory (split `split`)."""
   if not path:
-    raise ConfigError(f"config field {where!r}: empty; expected a trajectories .jsonl file or a tfds "
-                      f"dataset directory (rejection sampling writes them)")
+    raise ConfigError(
+        f"config field {where!r}: empty; expected a trajectories .jsonl file or a tfds "
+        f"dataset directory (rejection sampling writes them)"
+    )
   if os.path.isfile(path):
     trajectories = read_jsonl(path)
   elif os.path.isdir(path):
     from biomni_jax.data.trajectory_tfds import load_trajectory_source, record_to_trajectory
+
     source = load_trajectory_source(path, split)
-    trajectories = [record_to_trajectory(source[i], f"{path}[{split}][{i}]") for i in range(len(source))]
+    trajectories = [
+        record_to_trajectory(source[i], f"{path}[{split}][{i}]") for i in range(len(source))
+    ]
   else:
     raise ConfigError(f"config field {where!r}: {path!r} does not exist")
   if not trajectories:
@@ -113,8 +150,11 @@ def load_examples(path: str, split: str, data_format: str, where: str) -> list:
 
 def tokenizer_corpus(data: Sequence[Trajectory | str]) -> list[str]:
   """The embedded tokenizer's training texts: the default corpus plus every document or message."""
-  return default_corpus() + [text for d in data for text in ([d] if isinstance(d, str) else
-                                                              [m["content"] for m in d.messages])]
+  return default_corpus() + [
+      text
+      for d in data
+      for text in ([d] if isinstance(d, str) else [m["content"] for m in d.messages])
+  ]
 
 
 def prepare_tokenizer(config, workdir: str, trajectories: Sequence[Trajectory | str]):
@@ -131,8 +171,15 @@ def prepare_tokenizer(config, workdir: str, trajectories: Sequence[Trajectory | 
   return train_embedded_tokenizer(tokenizer_corpus(trajectories), vocab_size, out)
 
 
-def build_rows(trajectories: Sequence[Trajectory | str], tokenizer, *, seq_len: int, pack: bool,
-               rows_multiple_of: int = 1, overlong: str = "truncate") -> dict[str, np.ndarray]:
+def build_rows(
+    trajectories: Sequence[Trajectory | str],
+    tokenizer,
+    *,
+    seq_len: int,
+    pack: bool,
+    rows_multiple_of: int = 1,
+    overlong: str = "truncate",
+) -> dict[str, np.ndarray]:
   """Render (token ids kept verbatim when a trajectory has them), pack or pad, add next-token targets.
 
   Strings are documents (data/documents.py: every token is learned); trajectories learn their
@@ -169,13 +216,14 @@ def place_batch(batch: dict[str, np.ndarray], sharding: ShardingRules) -> dict[s
   return {k: jax.make_array_from_process_local_data(target, v) for k, v in batch.items()}
 
 
-def evaluate_loss(eval_step, params, rows: dict[str, np.ndarray], batch_size: int,
-                  sharding: ShardingRules) -> float:
+def evaluate_loss(
+    eval_step, params, rows: dict[str, np.ndarray], batch_size: int, sharding: ShardingRules
+) -> float:
   """Held-out token-mean loss over all rows (sum of sums / sum of denominators)."""
   total, denom = 0.0, 0.0
   n = rows["tokens"].shape[0]
   for start in range(0, n - n % batch_size or n, batch_size):
-    batch = {k: v[start:start + batch_size] for k, v in rows.items()}
+    batch = {k: v[start : start + batch_size] for k, v in rows.items()}
     s, d = eval_step(params, place_batch(batch, sharding))
     total, denom = total + float(s), denom + float(d)
   return total / max(denom, 1.0)
@@ -183,13 +231,16 @@ def evaluate_loss(eval_step, params, rows: dict[str, np.ndarray], batch_size: in
 
 # ----------------------------------------------------------------------------------------------- the loop
 
+
 def _sft_settings(config) -> dict[str, Any]:
   s = dict(
       batch_size=field(config, "sft.batch_size", int, minimum=1),
       micro_batches=field(config, "sft.micro_batches", int, minimum=1, default=1),
       seq_len=field(config, "sft.seq_len", int, minimum=2),
       pack=field(config, "sft.pack", bool, default=True),
-      overlong=field(config, "sft.overlong", str, default="truncate", choices=("truncate", "drop", "error")),
+      overlong=field(
+          config, "sft.overlong", str, default="truncate", choices=("truncate", "drop", "error")
+      ),
       num_epochs=field(config, "sft.num_epochs", (int, float), minimum=0, default=1),
       num_steps=field(config, "sft.num_steps", int, minimum=0, default=0),
       aggregation=field(config, "sft.loss_aggregation", str, default="token-mean"),
@@ -201,12 +252,15 @@ def _sft_settings(config) -> dict[str, Any]:
       shuffle=field(config, "sft.shuffle", bool, default=True),
       tensorboard=field(config, "sft.tensorboard", bool, default=True),
       progress_bar=field(config, "sft.progress_bar", bool, default=True),
-      pause_after_checkpoint_s=field(config, "sft.fault_injection_pause_s", (int, float), minimum=0,
-                                     default=0.0),
+      pause_after_checkpoint_s=field(
+          config, "sft.fault_injection_pause_s", (int, float), minimum=0, default=0.0
+      ),
   )
   if s["batch_size"] % s["micro_batches"]:
-    raise ConfigError(f"config field 'sft.micro_batches': {s['micro_batches']} does not divide "
-                      f"sft.batch_size={s['batch_size']}")
+    raise ConfigError(
+        f"config field 'sft.micro_batches': {s['micro_batches']} does not divide "
+        f"sft.batch_size={s['batch_size']}"
+    )
   return s
 
 
@@ -215,8 +269,10 @@ def _initial_params(config, model_cfg: ModelConfig, sharding: ShardingRules):
   if not path:
     return model_cfg, None
   from biomni_jax.model.hf_io import load_hf_checkpoint
-  loaded_cfg, params = load_hf_checkpoint(path, sharding=sharding,
-                                          **dict(field(config, "model.overrides", default={}) or {}))
+
+  loaded_cfg, params = load_hf_checkpoint(
+      path, sharding=sharding, **dict(field(config, "model.overrides", default={}) or {})
+  )
   return loaded_cfg, params
 
 
@@ -226,22 +282,42 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   s = _sft_settings(config)
   seed = field(config, "seed", int, default=0)
-  data_format = field(config, "data.format", str, default="trajectories", choices=("trajectories", "documents"))
-  train = load_examples(field(config, "data.train_path", str, default=""),
-                        field(config, "data.train_split", str, default="train"), data_format, "data.train_path")
+  data_format = field(
+      config, "data.format", str, default="trajectories", choices=("trajectories", "documents")
+  )
+  train = load_examples(
+      field(config, "data.train_path", str, default=""),
+      field(config, "data.train_split", str, default="train"),
+      data_format,
+      "data.train_path",
+  )
   tokenizer = prepare_tokenizer(config, workdir, train)
   has_own_tokenizer = bool(field(config, "tokenizer.path", str, default=""))
   model_cfg = model_config(config, vocab_size=None if has_own_tokenizer else len(tokenizer))
   if len(tokenizer) > model_cfg.vocab_size:
-    raise ConfigError(f"config field 'model': vocab_size={model_cfg.vocab_size} is smaller than the "
-                      f"tokenizer's {len(tokenizer)} tokens")
+    raise ConfigError(
+        f"config field 'model': vocab_size={model_cfg.vocab_size} is smaller than the "
+        f"tokenizer's {len(tokenizer)} tokens"
+    )
   sharding = ShardingRules(make_mesh(**mesh_shape(config)))
   model_cfg, init_params = _initial_params(config, model_cfg, sharding)
 
-  rows = build_rows(train, tokenizer, seq_len=s["seq_len"], pack=s["pack"], rows_multiple_of=s["batch_size"],
-                    overlong=s["overlong"])
-  iterator = BatchIterator(rows, s["batch_size"], seed=seed, shuffle=s["shuffle"],
-                           process_index=jax.process_index(), process_count=jax.process_count())
+  rows = build_rows(
+      train,
+      tokenizer,
+      seq_len=s["seq_len"],
+      pack=s["pack"],
+      rows_multiple_of=s["batch_size"],
+      overlong=s["overlong"],
+  )
+  iterator = BatchIterator(
+      rows,
+      s["batch_size"],
+      seed=seed,
+      shuffle=s["shuffle"],
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+  )
   total_steps = s["num_steps"] or max(1, int(round(s["num_epochs"] * iterator.batches_per_epoch)))
   opt_cfg = dict(field(config, "optimizer"))
   if not opt_cfg.get("total_steps"):
@@ -250,21 +326,40 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
     optimizer, schedule = make_optimizer(opt_cfg), make_schedule(opt_cfg)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  step_fn = make_train_step(model_cfg, make_sft_loss(model_cfg, sharding, s["aggregation"]), optimizer,
-                            sharding=sharding, micro_batches=s["micro_batches"], learning_rate_fn=schedule)
+  step_fn = make_train_step(
+      model_cfg,
+      make_sft_loss(model_cfg, sharding, s["aggregation"]),
+      optimizer,
+      sharding=sharding,
+      micro_batches=s["micro_batches"],
+      learning_rate_fn=schedule,
+  )
 
   eval_path = field(config, "data.eval_path", str, default="")
   eval_rows = eval_step = None
   if eval_path:
-    held_out = load_examples(eval_path, field(config, "data.eval_split", str, default="val"), data_format,
-                             "data.eval_path")
-    eval_rows = build_rows(held_out, tokenizer, seq_len=s["seq_len"], pack=s["pack"],
-                           rows_multiple_of=s["batch_size"], overlong=s["overlong"])
+    held_out = load_examples(
+        eval_path,
+        field(config, "data.eval_split", str, default="val"),
+        data_format,
+        "data.eval_path",
+    )
+    eval_rows = build_rows(
+        held_out,
+        tokenizer,
+        seq_len=s["seq_len"],
+        pack=s["pack"],
+        rows_multiple_of=s["batch_size"],
+        overlong=s["overlong"],
+    )
     eval_step = make_eval_step(model_cfg, sharding, s["aggregation"])
 
   fingerprint = rows_fingerprint(rows)
-  ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=s["keep_checkpoints"],
-                      async_save=s["async_checkpoint"])
+  ckpt = Checkpointer(
+      os.path.join(workdir, CHECKPOINT_DIR),
+      max_to_keep=s["keep_checkpoints"],
+      async_save=s["async_checkpoint"],
+  )
   start_step = ckpt.latest_step()
   if start_step is None:
     state = init_train_state(model_cfg, optimizer, seed, sharding, params=init_params)
@@ -272,16 +367,29 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
   else:
     state, extra = ckpt.restore(abstract_train_state(model_cfg, optimizer, sharding))
     if extra.get("data_fingerprint") != fingerprint:
-      raise ValueError(f"{ckpt.directory}/{start_step}: saved by a run on other data (fingerprint "
-                       f"{extra.get('data_fingerprint')}, now {fingerprint}); use a new workdir")
+      raise ValueError(
+          f"{ckpt.directory}/{start_step}: saved by a run on other data (fingerprint "
+          f"{extra.get('data_fingerprint')}, now {fingerprint}); use a new workdir"
+      )
     iterator.set_state(extra["data_iterator"])
   with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=1) if hasattr(config, "to_json") else json.dumps(dict(config), indent=1))
+    f.write(
+        config.to_json(indent=1)
+        if hasattr(config, "to_json")
+        else json.dumps(dict(config), indent=1)
+    )
 
   writer = MetricsWriter(workdir, tensorboard=s["tensorboard"], resume_step=start_step)
-  summary: dict[str, Any] = {"start_step": start_step, "total_steps": total_steps, "rows": len(rows["tokens"]),
-                             "num_params": M.num_params(state.params), "losses": {}}
-  bar = tqdm(total=total_steps, initial=start_step, disable=not s["progress_bar"], desc="sft", unit="step")
+  summary: dict[str, Any] = {
+      "start_step": start_step,
+      "total_steps": total_steps,
+      "rows": len(rows["tokens"]),
+      "num_params": M.num_params(state.params),
+      "losses": {},
+  }
+  bar = tqdm(
+      total=total_steps, initial=start_step, disable=not s["progress_bar"], desc="sft", unit="step"
+  )
   target_tokens, train_time = 0.0, 0.0
   try:
     for step in range(start_step + 1, total_steps + 1):
@@ -295,16 +403,26 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
       metrics["masked_tokens_per_s"] = metrics["target_tokens"] / dt
       metrics["epoch"] = float(iterator.epoch)
       summary["losses"][step] = metrics["loss"]
-      if eval_step is not None and s["eval_every"] and (step % s["eval_every"] == 0 or step == total_steps):
-        metrics["eval_loss"] = evaluate_loss(eval_step, state.params, eval_rows, s["batch_size"], sharding)
+      if (
+          eval_step is not None
+          and s["eval_every"]
+          and (step % s["eval_every"] == 0 or step == total_steps)
+      ):
+        metrics["eval_loss"] = evaluate_loss(
+            eval_step, state.params, eval_rows, s["batch_size"], sharding
+        )
         summary["eval_loss"] = metrics["eval_loss"]
       if step % s["log_every"] == 0 or step == total_steps or "eval_loss" in metrics:
         writer.write(step, metrics)
       bar.update(1)
       bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
       if (s["save_every"] and step % s["save_every"] == 0) or step == total_steps:
-        ckpt.save(step, state, {"data_iterator": iterator.get_state(), "data_fingerprint": fingerprint},
-                  force=True)
+        ckpt.save(
+            step,
+            state,
+            {"data_iterator": iterator.get_state(), "data_fingerprint": fingerprint},
+            force=True,
+        )
         if s["pause_after_checkpoint_s"]:
           ckpt.wait_until_finished()
           writer.flush()

@@ -13,6 +13,7 @@ updates the params. The same step serves SFT (cross-entropy) and RL (policy loss
 Micro-batch k holds rows k, k + M, k + 2M, ... of the global batch: with rows sharded contiguously over the
 data axes, every device keeps 1/M of its own rows per micro-batch and nothing moves between devices.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,6 +44,7 @@ class TrainState:
   taken. rng: uint32 [2] raw key data of the run's random stream (advanced once per step; SFT draws nothing
   from it, stochastic losses fold in the step).
   """
+
   params: Any
   opt_state: Any
   step: Array
@@ -56,30 +58,44 @@ def _sum_metrics(a: Mapping[str, Array], b: Mapping[str, Array]) -> dict:
   return {k: a[k] + b[k] for k in a}
 
 
-def train_state_shardings(model_config: ModelConfig, optimizer: optax.GradientTransformation,
-                          sharding: ShardingRules) -> TrainState:
+def train_state_shardings(
+    model_config: ModelConfig, optimizer: optax.GradientTransformation, sharding: ShardingRules
+) -> TrainState:
   """NamedShardings of every TrainState leaf: params by logical axes, optimizer moments like their params,
   scalars (counts, step, rng) replicated."""
   param_sh = M.param_shardings(model_config, sharding)
   replicated = sharding.sharding(())
   abstract_opt = jax.eval_shape(optimizer.init, M.abstract_params(model_config))
-  opt_sh = optax.tree_map_params(optimizer, lambda _, sh: sh, abstract_opt, param_sh,
-                                 transform_non_params=lambda _: replicated)
+  opt_sh = optax.tree_map_params(
+      optimizer, lambda _, sh: sh, abstract_opt, param_sh, transform_non_params=lambda _: replicated
+  )
   return TrainState(params=param_sh, opt_state=opt_sh, step=replicated, rng=replicated)
 
 
-def abstract_train_state(model_config: ModelConfig, optimizer: optax.GradientTransformation,
-                         sharding: ShardingRules) -> TrainState:
+def abstract_train_state(
+    model_config: ModelConfig, optimizer: optax.GradientTransformation, sharding: ShardingRules
+) -> TrainState:
   """ShapeDtypeStructs (with shardings) of the TrainState: a restore target that allocates nothing."""
   shardings = train_state_shardings(model_config, optimizer, sharding)
   params = M.abstract_params(model_config)
-  shapes = TrainState(params=params, opt_state=jax.eval_shape(optimizer.init, params),
-                      step=jax.ShapeDtypeStruct((), jnp.int32), rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+  shapes = TrainState(
+      params=params,
+      opt_state=jax.eval_shape(optimizer.init, params),
+      step=jax.ShapeDtypeStruct((), jnp.int32),
+      rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+  )
+  return jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+  )
 
 
-def init_train_state(model_config: ModelConfig, optimizer: optax.GradientTransformation, seed: int,
-                     sharding: ShardingRules, params: Any = None) -> TrainState:
+def init_train_state(
+    model_config: ModelConfig,
+    optimizer: optax.GradientTransformation,
+    seed: int,
+    sharding: ShardingRules,
+    params: Any = None,
+) -> TrainState:
   """A fresh TrainState placed in its shardings; random params from `seed` unless `params` are given."""
   shardings = train_state_shardings(model_config, optimizer, sharding)
   init_key, run_key = jax.random.split(jax.random.key(seed))
@@ -87,9 +103,12 @@ def init_train_state(model_config: ModelConfig, optimizer: optax.GradientTransfo
     params = M.init_params(model_config, init_key, sharding)
   params = jax.device_put(params, shardings.params)
   opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
-  return TrainState(params=params, opt_state=opt_state,
-                    step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
-                    rng=jax.device_put(jax.random.key_data(run_key).astype(jnp.uint32), shardings.rng))
+  return TrainState(
+      params=params,
+      opt_state=opt_state,
+      step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+      rng=jax.device_put(jax.random.key_data(run_key).astype(jnp.uint32), shardings.rng),
+  )
 
 
 def split_micro_batches(batch: Batch, micro_batches: int) -> dict:
@@ -98,15 +117,24 @@ def split_micro_batches(batch: Batch, micro_batches: int) -> dict:
   for name, x in batch.items():
     b = x.shape[0]
     if b % micro_batches:
-      raise ValueError(f"train step: batch field {name!r} has {b} rows, not divisible by "
-                       f"micro_batches={micro_batches}")
+      raise ValueError(
+          f"train step: batch field {name!r} has {b} rows, not divisible by "
+          f"micro_batches={micro_batches}"
+      )
     out[name] = x.reshape(b // micro_batches, micro_batches, *x.shape[1:]).swapaxes(0, 1)
   return out
 
 
-def accumulate_gradients(loss_fn: LossFn, params: Any, batch: Batch, micro_batches: int, *,
-                         combine: MetricCombiner = _sum_metrics, sharding: Optional[ShardingRules] = None,
-                         param_sharding: Any = None):
+def accumulate_gradients(
+    loss_fn: LossFn,
+    params: Any,
+    batch: Batch,
+    micro_batches: int,
+    *,
+    combine: MetricCombiner = _sum_metrics,
+    sharding: Optional[ShardingRules] = None,
+    param_sharding: Any = None,
+):
   """(grad_sum, loss_sum, denominator, metric_sums) over the micro-batches of `batch` (a lax.scan).
 
   grad_sum = sum_k d loss_sum_k / d params: not yet divided by anything.
@@ -115,8 +143,10 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: Batch, micro_batch
 
   def one(mb):
     if sharding is not None:
-      mb = {k: sharding.constrain(v, BATCH_AXES[:v.ndim] + (None,) * max(0, v.ndim - 2))
-            for k, v in mb.items()}
+      mb = {
+          k: sharding.constrain(v, BATCH_AXES[: v.ndim] + (None,) * max(0, v.ndim - 2))
+          for k, v in mb.items()
+      }
     grads, (loss_sum, denom, metrics) = grad_fn(params, mb)
     if param_sharding is not None:
       grads = jax.lax.with_sharding_constraint(grads, param_sharding)
@@ -143,10 +173,17 @@ def _with_aux(out):
   return loss_sum, (jax.lax.stop_gradient(loss_sum), jax.lax.stop_gradient(denom), metrics)
 
 
-def make_train_step(model_config: ModelConfig, loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
-                    sharding: ShardingRules, micro_batches: int = 1,
-                    learning_rate_fn: Optional[optax.Schedule] = None,
-                    combine_metrics: MetricCombiner = _sum_metrics, donate: bool = True):
+def make_train_step(
+    model_config: ModelConfig,
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    sharding: ShardingRules,
+    micro_batches: int = 1,
+    learning_rate_fn: Optional[optax.Schedule] = None,
+    combine_metrics: MetricCombiner = _sum_metrics,
+    donate: bool = True,
+):
   """A jitted `step(state, batch) -> (state, metrics)`.
 
   batch: dict of arrays [B, L], B divisible by `micro_batches` and by the data axes' size;
@@ -163,23 +200,40 @@ def make_train_step(model_config: ModelConfig, loss_fn: LossFn, optimizer: optax
 
   def step(state: TrainState, batch: Batch):
     grad_sum, loss_sum, denom, metric_sums = accumulate_gradients(
-        loss_fn, state.params, batch, micro_batches, combine=combine_metrics, sharding=sharding,
-        param_sharding=state_sh.params)
+        loss_fn,
+        state.params,
+        batch,
+        micro_batches,
+        combine=combine_metrics,
+        sharding=sharding,
+        param_sharding=state_sh.params,
+    )
     # An all-masked batch has denominator 0 and zero gradient sums: divide by 1 instead of 0.
     safe_denom = jnp.where(denom > 0, denom, 1.0)
     grads = jax.tree.map(lambda g: g / safe_denom, grad_sum)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     next_rng, _ = jax.random.split(jax.random.wrap_key_data(state.rng))
-    metrics = {"loss": loss_sum / safe_denom, "denominator": denom,
-               "grad_norm": optax.global_norm(grads)}
+    metrics = {
+        "loss": loss_sum / safe_denom,
+        "denominator": denom,
+        "grad_norm": optax.global_norm(grads),
+    }
     if learning_rate_fn is not None:
       metrics["lr"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
     metrics.update({k: jnp.asarray(v, jnp.float32) for k, v in metric_sums.items()})
-    new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1,
-                           rng=jax.random.key_data(next_rng).astype(jnp.uint32))
+    new_state = TrainState(
+        params=params,
+        opt_state=opt_state,
+        step=state.step + 1,
+        rng=jax.random.key_data(next_rng).astype(jnp.uint32),
+    )
     return new_state, metrics
 
   batch_sh = sharding.sharding(BATCH_AXES)
-  return jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
-                 donate_argnums=(0,) if donate else ())
+  return jax.jit(
+      step,
+      in_shardings=(state_sh, batch_sh),
+      out_shardings=(state_sh, replicated),
+      donate_argnums=(0,) if donate else (),
+  )

@@ -6,8 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from biomni_jax.data.documents import (END_OF_TEXT, document_examples, environment_documents, read_documents,
-                                       write_documents)
+from biomni_jax.data.documents import (
+    END_OF_TEXT,
+    document_examples,
+    environment_documents,
+    read_documents,
+    write_documents,
+)
 from biomni_jax.data.trajectory import Trajectory
 
 
@@ -18,12 +23,18 @@ def test_write_then_read_round_trips(tmp_path):
   assert not (tmp_path / "docs.jsonl.tmp").exists()
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "docs.jsonl:2: invalid JSON"),
-    ('{"txt": "x"}', "docs.jsonl:2: expected an object with a non-empty string field 'text'"),
-    ('{"text": "   "}', "docs.jsonl:2: expected an object with a non-empty string field 'text'"),
-    ('["text"]', "docs.jsonl:2: expected an object"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "docs.jsonl:2: invalid JSON"),
+        ('{"txt": "x"}', "docs.jsonl:2: expected an object with a non-empty string field 'text'"),
+        (
+            '{"text": "   "}',
+            "docs.jsonl:2: expected an object with a non-empty string field 'text'",
+        ),
+        ('["text"]', "docs.jsonl:2: expected an object"),
+    ],
+)
 def test_a_bad_line_names_file_and_line(tmp_path, line, message):
   path = tmp_path / "docs.jsonl"
   path.write_text(json.dumps({"text": "fine"}) + "\n" + line + "\n")
@@ -39,12 +50,17 @@ def test_an_empty_file_is_an_error(tmp_path):
 
 
 def test_environment_documents_hold_prompts_and_observations_never_assistant_turns():
-  t = Trajectory(messages=[
-      {"role": "system", "content": "SYSTEM"}, {"role": "user", "content": "Task: find X"},
-      {"role": "assistant", "content": "<think>plan</think><execute>print(1)</execute>"},
-      {"role": "user", "content": "<observation>1</observation>"},
-      {"role": "assistant", "content": "<think>done</think><solution>X</solution>"}],
-      task={"task_name": "t"}, reward=2.0)
+  t = Trajectory(
+      messages=[
+          {"role": "system", "content": "SYSTEM"},
+          {"role": "user", "content": "Task: find X"},
+          {"role": "assistant", "content": "<think>plan</think><execute>print(1)</execute>"},
+          {"role": "user", "content": "<observation>1</observation>"},
+          {"role": "assistant", "content": "<think>done</think><solution>X</solution>"},
+      ],
+      task={"task_name": "t"},
+      reward=2.0,
+  )
   assert environment_documents([t]) == ["Task: find X\n\n<observation>1</observation>"]
 
 
@@ -59,9 +75,10 @@ def test_document_examples_learn_every_token_and_end_with_endoftext(tokenizer):
 
 def test_sft_rows_from_documents_target_every_next_token(tokenizer):
   from biomni_jax.train.sft import build_rows
+
   texts = ["alpha beta gamma delta", "ACGT ACGT ACGT"]
   rows = build_rows(texts, tokenizer, seq_len=64, pack=False)
   for i, ex in enumerate(document_examples(texts, tokenizer)):
     n = len(ex["tokens"])
-    np.testing.assert_array_equal(rows["targets"][i, :n - 1], ex["tokens"][1:])
+    np.testing.assert_array_equal(rows["targets"][i, : n - 1], ex["tokens"][1:])
     assert rows["target_mask"][i].sum() == n - 1  # every token but the first is a target

@@ -1,5 +1,6 @@
 """The harness: the oracle scores 1.0 on every Eval1 task through the real protocol and sandbox; summaries by
 hand; bad input stops with a message naming what is wrong and exit status 2."""
+
 import json
 
 import pytest
@@ -17,8 +18,14 @@ def _record(task, instance, k, score):
 
 
 def test_summarize_means_average_and_pass_at_k_by_hand():
-  records = [_record("t1", "i1", 0, 1.0), _record("t1", "i1", 1, 0.0), _record("t1", "i2", 0, 0.0),
-             _record("t1", "i2", 1, 0.0), _record("t2", "j1", 0, 1.0), _record("t2", "j1", 1, 0.5)]
+  records = [
+      _record("t1", "i1", 0, 1.0),
+      _record("t1", "i1", 1, 0.0),
+      _record("t1", "i2", 0, 0.0),
+      _record("t1", "i2", 1, 0.0),
+      _record("t2", "j1", 0, 1.0),
+      _record("t2", "j1", 1, 0.5),
+  ]
   s = harness.summarize(records, ks=(1, 2), task_order=["t2", "t1"])
   assert list(s["tasks"]) == ["t2", "t1"]
   assert s["tasks"]["t1"]["mean"] == 0.25 and s["tasks"]["t2"]["mean"] == 0.75
@@ -49,24 +56,39 @@ def test_oracle_scores_one_on_all_ten_eval1_tasks(eval1_sample_path):
   for task, entry in summary["tasks"].items():
     assert entry["mean"] == 1.0 and entry["pass@1"] == 1.0 and entry["format"] == 1.0, task
   assert all(r.turns == 2 and r.termination == "solution" for r in records)
-  assert all("<observation>sandbox ok" in r.messages[3]["content"] for r in records)  # the probe really ran
+  assert all(
+      "<observation>sandbox ok" in r.messages[3]["content"] for r in records
+  )  # the probe really ran
 
 
 def test_wrong_answers_score_zero(eval1_sample_path):
   """The harness grades what the agent says, not the ground truth: a wrong oracle scores 0."""
-  instances, envs = load_eval1(str(eval1_sample_path), ["crispr_delivery", "rare_disease_diagnosis"], tools=())
+  instances, envs = load_eval1(
+      str(eval1_sample_path), ["crispr_delivery", "rare_disease_diagnosis"], tools=()
+  )
 
   def wrong(instance, k):
-    answer = "z" if instance.task_name == "crispr_delivery" else '{"OMIM_ID": 193700}'  # int, not str
+    answer = (
+        "z" if instance.task_name == "crispr_delivery" else '{"OMIM_ID": 193700}'
+    )  # int, not str
     return lambda messages: f"<think>guess</think><solution>{answer}</solution>"
+
   with SandboxPool(max_workers=1) as pool:
     records = harness.run_text_agent(wrong, instances, envs, 2, pool, progress=False)
   assert len(records) == 20 and all(r.score == 0.0 and r.format == 1.0 for r in records)
 
 
 def test_cli_oracle_prints_table_and_saves_trajectories(eval1_sample_path, tmp_path, capsys):
-  rc = main(["--agent=oracle", f"--data={eval1_sample_path}", "--tasks=crispr_delivery",
-             "--n_samples=2", f"--out={tmp_path}", "--quiet"])
+  rc = main(
+      [
+          "--agent=oracle",
+          f"--data={eval1_sample_path}",
+          "--tasks=crispr_delivery",
+          "--n_samples=2",
+          f"--out={tmp_path}",
+          "--quiet",
+      ]
+  )
   assert rc == 0
   out = capsys.readouterr().out
   assert "crispr_delivery" in out and "pass@2 (mean over tasks): 1.000" in out
@@ -76,13 +98,19 @@ def test_cli_oracle_prints_table_and_saves_trajectories(eval1_sample_path, tmp_p
   assert summary["average"] == 1.0 and summary["system"] == "oracle"
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--checkpoint=/nonexistent/run"], "--checkpoint: '/nonexistent/run' does not exist"),
-    (["--hf=/nonexistent/hf"], "--hf: '/nonexistent/hf' has no config.json"),
-    (["--agent=oracle", "--data=/nonexistent/eval1.parquet"], "--data: '/nonexistent/eval1.parquet' is not a file"),
-    (["--agent=oracle", "--tasks=no_such_family"], "unknown task name(s) ['no_such_family']"),
-    (["--agent=oracle", "--n_samples=0"], "--n_samples: expected >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--checkpoint=/nonexistent/run"], "--checkpoint: '/nonexistent/run' does not exist"),
+        (["--hf=/nonexistent/hf"], "--hf: '/nonexistent/hf' has no config.json"),
+        (
+            ["--agent=oracle", "--data=/nonexistent/eval1.parquet"],
+            "--data: '/nonexistent/eval1.parquet' is not a file",
+        ),
+        (["--agent=oracle", "--tasks=no_such_family"], "unknown task name(s) ['no_such_family']"),
+        (["--agent=oracle", "--n_samples=0"], "--n_samples: expected >= 1"),
+    ],
+)
 def test_bad_input_exits_2_with_a_message(args, expected, tmp_path, capsys):
   assert main(args + [f"--out={tmp_path}"]) == 2
   err = capsys.readouterr().err

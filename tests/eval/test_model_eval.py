@@ -1,4 +1,5 @@
 """The model agent: a Hugging Face directory evaluated through the CLI (engine + rollout pool + sandbox)."""
+
 import json
 
 import jax
@@ -16,8 +17,19 @@ def test_hf_directory_through_the_cli(tmp_path, capsys):
   hf = tmp_path / "hf"
   save_hf_checkpoint(cfg, M.init_params(cfg, jax.random.key(0)), str(hf))
   tokenizer.save_pretrained(str(hf))
-  rc = main([f"--hf={hf}", "--tasks=sequence_qa", "--per_family=2", "--n_samples=2", "--max_turns=2",
-             "--max_new_tokens=6", "--workers=1", f"--out={tmp_path / 'out'}", "--quiet"])
+  rc = main(
+      [
+          f"--hf={hf}",
+          "--tasks=sequence_qa",
+          "--per_family=2",
+          "--n_samples=2",
+          "--max_turns=2",
+          "--max_new_tokens=6",
+          "--workers=1",
+          f"--out={tmp_path / 'out'}",
+          "--quiet",
+      ]
+  )
   assert rc == 0
   summary = json.load(open(tmp_path / "out" / "summary.json"))
   entry = summary["tasks"]["sequence_qa"]
@@ -25,8 +37,19 @@ def test_hf_directory_through_the_cli(tmp_path, capsys):
   assert summary["system"] == "hf" and summary["average"] == entry["mean"]
   rows = [json.loads(l) for l in open(tmp_path / "out" / "trajectories.jsonl")]
   assert sorted((r["instance_id"], r["sample_index"]) for r in rows) == [
-      ("sequence_qa/0/val/0", 0), ("sequence_qa/0/val/0", 1), ("sequence_qa/0/val/1", 0), ("sequence_qa/0/val/1", 1)]
-  for r in rows:  # an untrained model: short random replies, graded 0, episodes end by the protocol's rules
+      ("sequence_qa/0/val/0", 0),
+      ("sequence_qa/0/val/0", 1),
+      ("sequence_qa/0/val/1", 0),
+      ("sequence_qa/0/val/1", 1),
+  ]
+  for (
+      r
+  ) in (
+      rows
+  ):  # an untrained model: short random replies, graded 0, episodes end by the protocol's rules
     assert r["messages"][0]["role"] == "user" and r["messages"][1]["role"] == "assistant"
-    assert r["termination"] in ("parse_errors", "max_turns", "solution", "context_limit") and r["score"] == 0.0
+    assert (
+        r["termination"] in ("parse_errors", "max_turns", "solution", "context_limit")
+        and r["score"] == 0.0
+    )
   assert "sequence_qa" in capsys.readouterr().out

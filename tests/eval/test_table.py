@@ -1,4 +1,5 @@
 """The paper's table: best system marked per task (ties for all), average over tasks, tasks won."""
+
 import math
 
 from biomni_jax.eval import table
@@ -19,7 +20,11 @@ def test_winners_ties_and_missing():
 
 def test_averages_and_tasks_won_by_hand():
   avg = table.averages(SCORES)
-  assert math.isclose(avg["base"], 0.6 / 3) and math.isclose(avg["sft"], 1.1 / 3) and math.isclose(avg["rl"], 0.45)
+  assert (
+      math.isclose(avg["base"], 0.6 / 3)
+      and math.isclose(avg["sft"], 1.1 / 3)
+      and math.isclose(avg["rl"], 0.45)
+  )
   assert table.tasks_won(SCORES) == {"base": 1, "sft": 2, "rl": 1}
 
 

@@ -1,4 +1,5 @@
 """Our Qwen3 equals transformers' Qwen3 on the same random weights, in both directions of conversion."""
+
 import json
 import os
 
@@ -26,7 +27,9 @@ def test_forward_matches_transformers(tmp_path, tie, yarn):
   config, params = hf_io.load_hf_checkpoint(str(tmp_path))
   assert config.tie_word_embeddings == tie
   assert (config.rope_scaling_factor is not None) == yarn
-  tokens = _tokens(config.vocab_size, (2, 200 if yarn else 48))  # YaRN: beyond the original 64 positions
+  tokens = _tokens(
+      config.vocab_size, (2, 200 if yarn else 48)
+  )  # YaRN: beyond the original 64 positions
   ours = np.asarray(M.forward(config, params, jnp.asarray(tokens)))
   theirs = hf_logits(hf_model, tokens)
   np.testing.assert_allclose(ours, theirs, atol=ATOL, rtol=0)
@@ -35,7 +38,9 @@ def test_forward_matches_transformers(tmp_path, tie, yarn):
 def test_blockwise_and_reference_kernels_agree_on_model(tmp_path):
   hf_model = build_tiny_hf_model()
   hf_model.save_pretrained(tmp_path)
-  config, params = hf_io.load_hf_checkpoint(str(tmp_path), attention_block_q=16, attention_block_kv=16)
+  config, params = hf_io.load_hf_checkpoint(
+      str(tmp_path), attention_block_q=16, attention_block_kv=16
+  )
   tokens = jnp.asarray(_tokens(config.vocab_size, (2, 45)))
   blockwise = M.forward(config.replace(attention_impl="blockwise"), params, tokens)
   reference = M.forward(config.replace(attention_impl="reference"), params, tokens)
@@ -47,25 +52,38 @@ def test_save_then_transformers_loads_same_logits(tmp_path, tie):
   hf_model = build_tiny_hf_model(tie=tie, yarn=True, seed=3)
   hf_model.save_pretrained(tmp_path / "src")
   config, params = hf_io.load_hf_checkpoint(str(tmp_path / "src"))
-  hf_io.save_hf_checkpoint(config, params, str(tmp_path / "out"), max_shard_bytes=200_000)  # forces sharding
+  hf_io.save_hf_checkpoint(
+      config, params, str(tmp_path / "out"), max_shard_bytes=200_000
+  )  # forces sharding
   assert os.path.exists(tmp_path / "out" / "model.safetensors.index.json")
-  reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path / "out", dtype=torch.float32
+  ).eval()
   tokens = _tokens(config.vocab_size, (1, 100))
   np.testing.assert_allclose(hf_logits(reloaded, tokens), hf_logits(hf_model, tokens), atol=1e-6)
-  np.testing.assert_allclose(np.asarray(M.forward(config, params, jnp.asarray(tokens))),
-                             hf_logits(reloaded, tokens), atol=ATOL)
-  config2, params2 = hf_io.load_hf_checkpoint(str(tmp_path / "out"))  # and our own loader reads it back
+  np.testing.assert_allclose(
+      np.asarray(M.forward(config, params, jnp.asarray(tokens))),
+      hf_logits(reloaded, tokens),
+      atol=ATOL,
+  )
+  config2, params2 = hf_io.load_hf_checkpoint(
+      str(tmp_path / "out")
+  )  # and our own loader reads it back
   assert config2 == config
 
 
 def test_packed_segments_equal_separate_sequences(tmp_path):
   hf_model = build_tiny_hf_model(seed=1)
   hf_model.save_pretrained(tmp_path)
-  config, params = hf_io.load_hf_checkpoint(str(tmp_path), attention_block_q=16, attention_block_kv=16)
+  config, params = hf_io.load_hf_checkpoint(
+      str(tmp_path), attention_block_q=16, attention_block_kv=16
+  )
   a, b = _tokens(config.vocab_size, (1, 20), 1), _tokens(config.vocab_size, (1, 27), 2)
   packed = np.concatenate([a, b], axis=1)
   segments = np.array([[1] * 20 + [2] * 27], np.int32)
-  out = np.asarray(M.forward(config, params, jnp.asarray(packed), segment_ids=jnp.asarray(segments)))
+  out = np.asarray(
+      M.forward(config, params, jnp.asarray(packed), segment_ids=jnp.asarray(segments))
+  )
   np.testing.assert_allclose(out[:, :20], hf_logits(hf_model, a), atol=ATOL)
   np.testing.assert_allclose(out[:, 20:], hf_logits(hf_model, b), atol=ATOL)
 
@@ -80,6 +98,7 @@ def _saved(tmp_path, **kwargs):
 
 def _rewrite_tensors(path, edit):
   from biomni_jax.model.safetensors_io import SafetensorsFile, save_file
+
   f = SafetensorsFile(str(path / "model.safetensors"))
   tensors = {k: np.array(f.get(k)) for k in f.keys()}
   edit(tensors)
@@ -89,24 +108,33 @@ def _rewrite_tensors(path, edit):
 def test_missing_tensor_is_named(tmp_path):
   path = _saved(tmp_path)
   _rewrite_tensors(path, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
-  with pytest.raises(hf_io.CheckpointError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*missing"):
+  with pytest.raises(
+      hf_io.CheckpointError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*missing"
+  ):
     hf_io.load_hf_checkpoint(str(path))
 
 
 def test_wrong_shape_is_named(tmp_path):
   path = _saved(tmp_path)
+
   def shrink(t):
     t["model.layers.0.self_attn.k_proj.weight"] = t["model.layers.0.self_attn.k_proj.weight"][:-1]
+
   _rewrite_tensors(path, shrink)
-  with pytest.raises(hf_io.CheckpointError, match=r"model\.layers\.0\.self_attn\.k_proj\.weight.*shape"):
+  with pytest.raises(
+      hf_io.CheckpointError, match=r"model\.layers\.0\.self_attn\.k_proj\.weight.*shape"
+  ):
     hf_io.load_hf_checkpoint(str(path))
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("model_type", "llama", "unsupported architecture"),
-    ("attention_bias", True, "attention_bias"),
-    ("hidden_act", "gelu", "hidden_act"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("model_type", "llama", "unsupported architecture"),
+        ("attention_bias", True, "attention_bias"),
+        ("hidden_act", "gelu", "hidden_act"),
+    ],
+)
 def test_unsupported_config_field_is_named(tmp_path, field, value, match):
   path = _saved(tmp_path)
   cfg = json.loads((path / "config.json").read_text())
@@ -127,10 +155,16 @@ def test_load_straight_into_a_sharding(tmp_path):
   import subprocess
   import sys
   from tests.model.test_sharding import _env, _result
+
   build_tiny_hf_model(seed=5).save_pretrained(tmp_path)
   script = os.path.join(os.path.dirname(__file__), "sharded_load_check.py")
-  proc = subprocess.run([sys.executable, script, str(tmp_path)], env=_env(8), capture_output=True, text=True,
-                        timeout=600)
+  proc = subprocess.run(
+      [sys.executable, script, str(tmp_path)],
+      env=_env(8),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = _result(proc.stdout)
   assert r["max_diff"] == 0.0 and r["placed"] and r["n_sharded"] > 0, r

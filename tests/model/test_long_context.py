@@ -1,4 +1,5 @@
 """Memory of forward + backward grows linearly with sequence length (blockwise attention, chunked logits)."""
+
 import pytest
 
 from benchmarks.long_context_memory import compiled_step, long_context_config, peak_bytes
@@ -18,6 +19,7 @@ def test_forward_backward_on_65536_tokens_runs():
   import jax
   import numpy as np
   from biomni_jax import model as M
+
   config = long_context_config()
   step, _ = compiled_step(config, 65_536)
   params = M.init_params(config, jax.random.key(0))

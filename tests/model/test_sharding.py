@@ -1,4 +1,5 @@
 """Loss and gradients on meshes of 8 simulated CPU devices, and across 2 processes, equal one device."""
+
 import json
 import os
 import pathlib
@@ -15,19 +16,25 @@ REPO = SCRIPT.parents[2]
 
 
 def _env(devices: int):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             PYTHONPATH=str(REPO))
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+      PYTHONPATH=str(REPO),
+  )
   return env
 
 
 def _result(stdout: str) -> dict:
   lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
   assert lines, f"no RESULT line in output:\n{stdout[-3000:]}"
-  return json.loads(lines[-1][len("RESULT "):])
+  return json.loads(lines[-1][len("RESULT ") :])
 
 
 def test_sharded_loss_and_grads_equal_single_device():
-  proc = subprocess.run([sys.executable, str(SCRIPT)], env=_env(8), capture_output=True, text=True, timeout=900)
+  proc = subprocess.run(
+      [sys.executable, str(SCRIPT)], env=_env(8), capture_output=True, text=True, timeout=900
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = _result(proc.stdout)
   assert set(results) == {"data2_fsdp2_tensor2", "fsdp2_tensor2_sequence2", "data2_sequence4"}
@@ -46,9 +53,24 @@ def _free_port() -> int:
 
 def test_two_process_distributed_step():
   port = _free_port()
-  procs = [subprocess.Popen([sys.executable, str(SCRIPT), "--multiprocess", "--process_id", str(i), "--port",
-                             str(port)], env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  procs = [
+      subprocess.Popen(
+          [
+              sys.executable,
+              str(SCRIPT),
+              "--multiprocess",
+              "--process_id",
+              str(i),
+              "--port",
+              str(port),
+          ],
+          env=_env(4),
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for i in range(2)
+  ]
   outs = []
   try:
     for p in procs:
@@ -67,6 +89,7 @@ def test_two_process_distributed_step():
 
 def test_make_mesh_and_rules():
   import jax
+
   mesh = make_mesh(data=-1)
   assert mesh.shape["data"] == len(jax.devices())
   with pytest.raises(ValueError, match="needs"):

@@ -1,4 +1,5 @@
 """A tiny random Qwen3 (built with transformers, loaded through hf_io) and one shared engine."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -32,8 +33,16 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def engine(tiny_checkpoint):
   _, config, params = tiny_checkpoint
-  eng = Engine(config, params, num_slots=16, max_len=256, max_prefill_chunk=64, min_prefill_bucket=16,
-               decode_block=32, detokenize=toy_detokenize)
+  eng = Engine(
+      config,
+      params,
+      num_slots=16,
+      max_len=256,
+      max_prefill_chunk=64,
+      min_prefill_bucket=16,
+      decode_block=32,
+      detokenize=toy_detokenize,
+  )
   yield eng
   eng.shutdown()
 

@@ -1,4 +1,5 @@
 """Prefill of several slots in one call, and evicted sessions restored from host copies of their K/V."""
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -18,28 +19,43 @@ def test_prefill_rows_equal_one_row_at_a_time_bit_for_bit(tiny_checkpoint):
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, config.vocab_size, (R, T)).astype(np.int32)
   slots, starts, lasts = np.array([3, 0, 2, 1]), np.array([0, 7, 40, 90]), np.array([31, 4, 17, 0])
-  key_data = rng.integers(0, 2 ** 31, (R, 2)).astype(np.uint32)
-  temperature, top_p, top_k = np.array([0.0, 1.0, 0.7, 1.3]), np.array([1.0, 0.9, 1.0, 0.5]), np.array([0, 0, 5, 0])
+  key_data = rng.integers(0, 2**31, (R, 2)).astype(np.uint32)
+  temperature, top_p, top_k = (
+      np.array([0.0, 1.0, 0.7, 1.3]),
+      np.array([1.0, 0.9, 1.0, 0.5]),
+      np.array([0, 0, 5, 0]),
+  )
   counters = np.zeros(R, np.int32)
-  prefix = rng.standard_normal((config.num_hidden_layers, 4, S, config.num_key_value_heads,
-                                 config.head_dim)).astype(np.float32)
+  prefix = rng.standard_normal(
+      (config.num_hidden_layers, 4, S, config.num_key_value_heads, config.head_dim)
+  ).astype(np.float32)
   fresh_cache = lambda: (jnp.asarray(prefix), jnp.asarray(prefix * 2))  # noqa: E731 - calls donate the cache
   args = (key_data, counters, temperature, top_p, top_k)
 
-  together_tok, together_lp, (k_all, v_all) = steps.prefill(params, fresh_cache(), R, slots, tokens, starts,
-                                                           lasts, *args)
+  together_tok, together_lp, (k_all, v_all) = steps.prefill(
+      params, fresh_cache(), R, slots, tokens, starts, lasts, *args
+  )
   cache = fresh_cache()
   for r in range(R):  # each row alone, in a call whose other rows are skipped (num_rows = 1)
-    row = lambda x: np.concatenate([x[r:r + 1], np.zeros_like(x[:R - 1])])  # noqa: E731
-    tok, lp, cache = steps.prefill(params, cache, 1, row(slots), row(tokens), row(starts), row(lasts),
-                                   *(row(a) for a in args))
+    row = lambda x: np.concatenate([x[r : r + 1], np.zeros_like(x[: R - 1])])  # noqa: E731
+    tok, lp, cache = steps.prefill(
+        params, cache, 1, row(slots), row(tokens), row(starts), row(lasts), *(row(a) for a in args)
+    )
     assert int(tok[0]) == int(together_tok[r])
     assert np.asarray(lp)[0] == np.asarray(together_lp)[r]  # bit-identical
   np.testing.assert_array_equal(np.asarray(cache[0]), np.asarray(k_all))
   np.testing.assert_array_equal(np.asarray(cache[1]), np.asarray(v_all))
   # Against the model's own forward: the chunk's logits at `last` give the greedy row's token.
-  full = np.asarray(M.forward_with_cache(config, params, tokens[:1], tuple(c[:, 3:4] for c in fresh_cache()),
-                                         starts[:1], logits_index=lasts[:1])[0])
+  full = np.asarray(
+      M.forward_with_cache(
+          config,
+          params,
+          tokens[:1],
+          tuple(c[:, 3:4] for c in fresh_cache()),
+          starts[:1],
+          logits_index=lasts[:1],
+      )[0]
+  )
   assert int(together_tok[0]) == int(np.argmax(full[0]))
 
 
@@ -49,8 +65,15 @@ def test_more_sessions_than_slots_restore_offloaded_kv_instead_of_reprefilling(t
   prompts = [random_ids(20 + 3 * i, seed=80 + i) for i in range(4)]
   results = {}
   for budget in (0, 1 << 30):  # no host copies (re-prefill) vs host copies
-    with Engine(config, params, num_slots=2, max_len=128, max_prefill_chunk=32, decode_block=32,
-                host_offload_bytes=budget) as eng:
+    with Engine(
+        config,
+        params,
+        num_slots=2,
+        max_len=128,
+        max_prefill_chunk=32,
+        decode_block=32,
+        host_offload_bytes=budget,
+    ) as eng:
       sessions = [eng.open_session() for _ in prompts]
       first = [eng.submit(s, p, sp) for s, p in zip(sessions, prompts)]
       first = [f.result(TIMEOUT) for f in first]
@@ -70,9 +93,18 @@ def test_more_sessions_than_slots_restore_offloaded_kv_instead_of_reprefilling(t
 def test_host_offload_budget_drops_oldest_copies(tiny_checkpoint):
   _, config, params = tiny_checkpoint
   sp = SamplingParams(temperature=0, max_new_tokens=3)
-  one_copy = 2 * config.num_hidden_layers * 32 * config.num_key_value_heads * config.head_dim * 4  # P = 32, f32
-  with Engine(config, params, num_slots=1, max_len=128, max_prefill_chunk=32, decode_block=32,
-              host_offload_bytes=one_copy) as eng:
+  one_copy = (
+      2 * config.num_hidden_layers * 32 * config.num_key_value_heads * config.head_dim * 4
+  )  # P = 32, f32
+  with Engine(
+      config,
+      params,
+      num_slots=1,
+      max_len=128,
+      max_prefill_chunk=32,
+      decode_block=32,
+      host_offload_bytes=one_copy,
+  ) as eng:
     sessions = [eng.open_session() for _ in range(3)]
     for i, s in enumerate(sessions):
       eng.submit(s, random_ids(10, seed=90 + i), sp).result(TIMEOUT)
@@ -88,26 +120,50 @@ def test_prefill_decode_in_one_program_equals_the_two_programs_bit_for_bit(tiny_
   dparams = unstack_layers(params)
   N, R, T, S = 6, 6, 16, 128
   rng = np.random.default_rng(1)
-  prefix = rng.standard_normal((config.num_hidden_layers, N, S, config.num_key_value_heads,
-                                 config.head_dim)).astype(np.float32)
+  prefix = rng.standard_normal(
+      (config.num_hidden_layers, N, S, config.num_key_value_heads, config.head_dim)
+  ).astype(np.float32)
   fresh_cache = lambda: (jnp.asarray(prefix), jnp.asarray(prefix * 2))  # noqa: E731 - calls donate the cache
   # Prefill rows 0..2 into slots 4, 1, 5; slots 1 and 4 complete their prompt and decode at once.
-  slots, starts, lasts = np.array([4, 1, 5, 0, 0, 0]), np.array([9, 60, 0, 0, 0, 0]), np.array([15, 3, 10, 0, 0, 0])
-  prefill = (3, slots, rng.integers(0, config.vocab_size, (R, T)).astype(np.int32), starts, lasts,
-             rng.integers(0, 2 ** 31, (R, 2)).astype(np.uint32), np.zeros(R, np.int32), np.full(R, 0.9),
-             np.ones(R), np.zeros(R, np.int32))
+  slots, starts, lasts = (
+      np.array([4, 1, 5, 0, 0, 0]),
+      np.array([9, 60, 0, 0, 0, 0]),
+      np.array([15, 3, 10, 0, 0, 0]),
+  )
+  prefill = (
+      3,
+      slots,
+      rng.integers(0, config.vocab_size, (R, T)).astype(np.int32),
+      starts,
+      lasts,
+      rng.integers(0, 2**31, (R, 2)).astype(np.uint32),
+      np.zeros(R, np.int32),
+      np.full(R, 0.9),
+      np.ones(R),
+      np.zeros(R, np.int32),
+  )
   from_prefill = np.array([-1, 1, -1, -1, 0, -1])
   d_tokens = rng.integers(0, config.vocab_size, N).astype(np.int32)
-  lengths = np.array([70, 64, 3, 30, 25, 11])  # slot 5 is idle mid-prompt: written past its 11 valid positions
+  lengths = np.array(
+      [70, 64, 3, 30, 25, 11]
+  )  # slot 5 is idle mid-prompt: written past its 11 valid positions
   active = np.array([True, True, False, True, True, False])
-  decode = (lengths, active, rng.integers(0, 2 ** 31, (N, 2)).astype(np.uint32), np.array([3, 1, 0, 7, 1, 0]),
-            np.full(N, 1.1), np.full(N, 0.95), np.array([0, 5, 0, 0, 0, 0]))
+  decode = (
+      lengths,
+      active,
+      rng.integers(0, 2**31, (N, 2)).astype(np.uint32),
+      np.array([3, 1, 0, 7, 1, 0]),
+      np.full(N, 1.1),
+      np.full(N, 0.95),
+      np.array([0, 5, 0, 0, 0, 0]),
+  )
 
   p_tok, p_lp, cache = steps.prefill(params, fresh_cache(), *prefill)
   fed = np.where(from_prefill >= 0, np.asarray(p_tok)[np.maximum(from_prefill, 0)], d_tokens)
   d_tok, d_lp, (k_two, v_two) = steps.decode(dparams, cache, fed, *decode)
-  p_tok1, p_lp1, d_tok1, d_lp1, (k_one, v_one) = steps.prefill_decode(params, dparams, fresh_cache(), prefill,
-                                                                      from_prefill, (d_tokens,) + decode)
+  p_tok1, p_lp1, d_tok1, d_lp1, (k_one, v_one) = steps.prefill_decode(
+      params, dparams, fresh_cache(), prefill, from_prefill, (d_tokens,) + decode
+  )
   np.testing.assert_array_equal(np.asarray(p_tok1), np.asarray(p_tok))
   np.testing.assert_array_equal(np.asarray(p_lp1), np.asarray(p_lp))
   np.testing.assert_array_equal(np.asarray(d_tok1)[active], np.asarray(d_tok)[active])
@@ -122,13 +178,25 @@ def test_decode_attends_over_active_rows_only_and_their_results_do_not_change(ti
   dparams = unstack_layers(params)
   N, S = 4, 128
   rng = np.random.default_rng(2)
-  prefix = rng.standard_normal((config.num_hidden_layers, N, S, config.num_key_value_heads,
-                                 config.head_dim)).astype(np.float32)
-  tokens, lengths = np.array([3, 4, 5, 6]), np.array([10, 120, 20, 0])  # slot 1: an idle session of 120 tokens
-  rest = (rng.integers(0, 2 ** 31, (N, 2)).astype(np.uint32), np.zeros(N, np.int32), np.zeros(N), np.ones(N),
-          np.zeros(N, np.int32))
-  outs = [steps.decode(dparams, (jnp.asarray(prefix), jnp.asarray(prefix)), tokens, lengths, active, *rest)
-          for active in (np.ones(N, bool), np.array([True, False, True, False]))]
+  prefix = rng.standard_normal(
+      (config.num_hidden_layers, N, S, config.num_key_value_heads, config.head_dim)
+  ).astype(np.float32)
+  tokens, lengths = np.array([3, 4, 5, 6]), np.array(
+      [10, 120, 20, 0]
+  )  # slot 1: an idle session of 120 tokens
+  rest = (
+      rng.integers(0, 2**31, (N, 2)).astype(np.uint32),
+      np.zeros(N, np.int32),
+      np.zeros(N),
+      np.ones(N),
+      np.zeros(N, np.int32),
+  )
+  outs = [
+      steps.decode(
+          dparams, (jnp.asarray(prefix), jnp.asarray(prefix)), tokens, lengths, active, *rest
+      )
+      for active in (np.ones(N, bool), np.array([True, False, True, False]))
+  ]
   for row in (0, 2):
     assert np.asarray(outs[0][1])[row] == np.asarray(outs[1][1])[row]  # bit-identical log-probs
   # The idle row wrote (garbage) K/V at its own position only: its valid prefix is untouched.
@@ -139,7 +207,9 @@ def test_decode_attends_over_active_rows_only_and_their_results_do_not_change(ti
 
 def test_precompile_covers_every_program_the_engine_runs(tiny_checkpoint):
   _, config, params = tiny_checkpoint
-  with Engine(config, params, num_slots=3, max_len=128, max_prefill_chunk=32, decode_block=32) as eng:
+  with Engine(
+      config, params, num_slots=3, max_len=128, max_prefill_chunk=32, decode_block=32
+  ) as eng:
     eng.precompile()
     compiled = set(eng.compilations)
     sp = SamplingParams(temperature=0.7, max_new_tokens=6, seed=1)

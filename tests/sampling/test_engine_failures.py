@@ -1,4 +1,5 @@
 """Limits and failures end requests cleanly; the engine thread keeps serving."""
+
 import asyncio
 
 import pytest
@@ -25,8 +26,9 @@ def test_prompt_longer_than_max_len_finishes_with_length(engine):
 
 def test_session_reaching_max_len_finishes_with_length(engine):
   session = engine.open_session()
-  c = engine.submit(session, random_ids(240, seed=41), SamplingParams(temperature=0, max_new_tokens=100)
-                    ).result(TIMEOUT)
+  c = engine.submit(
+      session, random_ids(240, seed=41), SamplingParams(temperature=0, max_new_tokens=100)
+  ).result(TIMEOUT)
   assert (c.finish_reason, c.stop_reason, len(c.token_ids)) == ("length", "max_len", 16)
   again = engine.submit(session, [1, 2], GREEDY).result(TIMEOUT)
   assert (again.finish_reason, again.token_ids) == ("length", ())
@@ -57,9 +59,15 @@ def test_exception_in_a_callback_fails_only_that_request(engine):
   free = engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=8)).result(TIMEOUT)
   conftest.POISON.add(free.token_ids[3])
   try:
-    others = [engine.generate(random_ids(6, seed=43 + i), SamplingParams(temperature=0, max_new_tokens=20))
-              for i in range(4)]
-    doomed = engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=8, stop=("never",)))
+    others = [
+        engine.generate(
+            random_ids(6, seed=43 + i), SamplingParams(temperature=0, max_new_tokens=20)
+        )
+        for i in range(4)
+    ]
+    doomed = engine.generate(
+        prompt, SamplingParams(temperature=0, max_new_tokens=8, stop=("never",))
+    )
     with pytest.raises(RuntimeError, match="detokenize refused"):
       doomed.result(TIMEOUT)
     assert [len(f.result(TIMEOUT).token_ids) for f in others] == [20] * 4

@@ -1,4 +1,5 @@
 """Per-request determinism under batching, multi-turn sessions, weight updates."""
+
 import time
 
 import jax
@@ -18,7 +19,9 @@ def test_request_is_identical_alone_and_among_15_others_arriving_at_different_ti
 
   futures = []
   for i in range(15):  # others: different lengths, budgets, temperatures, seeds
-    p = SamplingParams(temperature=0.5 + 0.1 * (i % 5), top_k=(i % 3) * 20, max_new_tokens=5 + 3 * i, seed=i)
+    p = SamplingParams(
+        temperature=0.5 + 0.1 * (i % 5), top_k=(i % 3) * 20, max_new_tokens=5 + 3 * i, seed=i
+    )
     futures.append(engine.generate(random_ids(5 + 7 * i, seed=100 + i), p))
     if i == 7:
       crowded = engine.generate(target_prompt, target)
@@ -30,7 +33,9 @@ def test_request_is_identical_alone_and_among_15_others_arriving_at_different_ti
 
 
 def test_five_turn_session_equals_reprefilling_the_whole_history(engine):
-  params = [SamplingParams(temperature=0.8, max_new_tokens=6 + turn, seed=50 + turn) for turn in range(5)]
+  params = [
+      SamplingParams(temperature=0.8, max_new_tokens=6 + turn, seed=50 + turn) for turn in range(5)
+  ]
   turns_input = [random_ids(40, seed=20)] + [random_ids(9 + 5 * t, seed=21 + t) for t in range(4)]
   session = engine.open_session()
   history, reused, fresh = [], [], []
@@ -49,8 +54,11 @@ def test_five_turn_session_equals_reprefilling_the_whole_history(engine):
 
 def test_more_sessions_than_slots_evict_and_reprefill(tiny_checkpoint):
   from biomni_jax.sampling import Engine
+
   _, config, params = tiny_checkpoint
-  with Engine(config, params, num_slots=2, max_len=128, max_prefill_chunk=32, decode_block=32) as eng:
+  with Engine(
+      config, params, num_slots=2, max_len=128, max_prefill_chunk=32, decode_block=32
+  ) as eng:
     sp = SamplingParams(temperature=0, max_new_tokens=4)
     sessions = [eng.open_session() for _ in range(4)]
     first = [eng.submit(s, random_ids(10, seed=60 + i), sp) for i, s in enumerate(sessions)]
@@ -58,7 +66,9 @@ def test_more_sessions_than_slots_evict_and_reprefill(tiny_checkpoint):
     second = [eng.submit(s, [7, 8, 9], sp).result(TIMEOUT) for s in sessions]
     assert eng.stats["evictions"] >= 2
     for i in range(4):
-      ref = eng.generate(random_ids(10, seed=60 + i) + list(first[i].token_ids) + [7, 8, 9], sp).result(TIMEOUT)
+      ref = eng.generate(
+          random_ids(10, seed=60 + i) + list(first[i].token_ids) + [7, 8, 9], sp
+      ).result(TIMEOUT)
       assert second[i].token_ids == ref.token_ids
 
 
@@ -67,7 +77,9 @@ def test_update_params_applies_from_the_next_step_and_tags_tokens(engine, tiny_c
   compiled_before = len(engine.compilations)
   silent = jax.tree.map(jnp.copy, params)
   silent["lm_head"] = jnp.zeros_like(params["lm_head"])  # v1: all logits 0 -> greedy picks token 0
-  future = engine.generate(random_ids(10, seed=30), SamplingParams(temperature=0, max_new_tokens=200))
+  future = engine.generate(
+      random_ids(10, seed=30), SamplingParams(temperature=0, max_new_tokens=200)
+  )
   start = engine.stats["decoded_tokens"]
   while engine.stats["decoded_tokens"] < start + 5:
     time.sleep(0.002)
@@ -81,7 +93,9 @@ def test_update_params_applies_from_the_next_step_and_tags_tokens(engine, tiny_c
   tokens, logprobs = np.asarray(c.token_ids), np.asarray(c.logprobs)
   assert (tokens[switch:] == 0).all() and not (tokens[:switch] == 0).all()
   np.testing.assert_allclose(logprobs[switch:], -np.log(config.vocab_size), atol=1e-5)
-  after = engine.generate(random_ids(10, seed=30), SamplingParams(temperature=0, max_new_tokens=3)).result(TIMEOUT)
+  after = engine.generate(
+      random_ids(10, seed=30), SamplingParams(temperature=0, max_new_tokens=3)
+  ).result(TIMEOUT)
   assert after.token_versions == (2, 2, 2)
   assert len(engine.compilations) == compiled_before
 
@@ -90,7 +104,9 @@ def test_waiting_requests_get_a_slot_lowest_priority_first_and_sample_the_same(t
   _, config, params = tiny_checkpoint
   sp = lambda priority: SamplingParams(temperature=0.8, max_new_tokens=4, seed=9, priority=priority)  # noqa: E731
   order, alone = [], {}
-  with Engine(config, params, num_slots=1, max_len=128, max_prefill_chunk=32, decode_block=32) as eng:
+  with Engine(
+      config, params, num_slots=1, max_len=128, max_prefill_chunk=32, decode_block=32
+  ) as eng:
     for p in (5, 1, 3):
       alone[p] = eng.generate(random_ids(12, seed=p), sp(p)).result(TIMEOUT)
     blocker = eng.generate(random_ids(8, seed=0), SamplingParams(temperature=0, max_new_tokens=60))

@@ -1,4 +1,5 @@
 """Sampler math against numpy, stop strings across token boundaries, prefill chunking."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,12 +27,16 @@ def _np_keep(scaled, top_p, top_k):
 @pytest.mark.parametrize("top_p,top_k", [(0.5, 0), (0.9, 0), (1.0, 3), (0.8, 5), (0.01, 0)])
 def test_truncation_mask_matches_numpy(top_p, top_k):
   scaled = np.random.default_rng(0).normal(size=(4, 40)).astype(np.float32) * 2
-  mask = np.asarray(truncation_mask(jnp.asarray(scaled), jnp.full((4,), top_p), jnp.full((4,), top_k)))
+  mask = np.asarray(
+      truncation_mask(jnp.asarray(scaled), jnp.full((4,), top_p), jnp.full((4,), top_k))
+  )
   for row in range(4):
     np.testing.assert_array_equal(mask[row], _np_keep(scaled[row], top_p, top_k))
 
 
-@pytest.mark.parametrize("seed", [0, 1, 7, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40 + 5, 2**63 - 1, -1, -5, -2**63])
+@pytest.mark.parametrize(
+    "seed", [0, 1, 7, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40 + 5, 2**63 - 1, -1, -5, -(2**63)]
+)
 def test_host_key_data_equals_jax_random_key(seed):
   expected = np.asarray(jax.random.key_data(jax.random.key(seed, impl="threefry2x32")), np.uint32)
   np.testing.assert_array_equal(seed_key_data(seed), expected)
@@ -41,9 +46,14 @@ def test_sampled_logprobs_and_empirical_frequencies():
   logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], np.float32))
   n = 4000
   keys = np.stack([seed_key_data(7)] * n)
-  tokens, logprobs = sample_tokens(jnp.repeat(jnp.asarray(logits), n, 0), jnp.asarray(keys),
-                                   jnp.arange(n, dtype=jnp.int32), jnp.full((n,), 1.0), jnp.full((n,), 0.8),
-                                   jnp.zeros((n,), jnp.int32))
+  tokens, logprobs = sample_tokens(
+      jnp.repeat(jnp.asarray(logits), n, 0),
+      jnp.asarray(keys),
+      jnp.arange(n, dtype=jnp.int32),
+      jnp.full((n,), 1.0),
+      jnp.full((n,), 0.8),
+      jnp.zeros((n,), jnp.int32),
+  )
   tokens, logprobs = np.asarray(tokens), np.asarray(logprobs)
   # top_p 0.8 keeps {0, 1} (mass before token 2 is 0.8); renormalized 0.625 / 0.375
   assert set(tokens) == {0, 1}
@@ -56,12 +66,17 @@ def test_row_draw_depends_only_on_its_key_and_counter():
   v = 50
   logits = jnp.asarray(np.random.default_rng(1).normal(size=(3, v)), jnp.float32)
   keys = jnp.asarray(np.stack([seed_key_data(s) for s in (1, 2, 3)]))
-  a, _ = sample_tokens(logits, keys, jnp.array([0, 5, 9]), jnp.ones(3), jnp.ones(3), jnp.zeros(3, jnp.int32))
+  a, _ = sample_tokens(
+      logits, keys, jnp.array([0, 5, 9]), jnp.ones(3), jnp.ones(3), jnp.zeros(3, jnp.int32)
+  )
   other = logits.at[0].set(0.0).at[2].set(5.0)
-  b, _ = sample_tokens(other, keys, jnp.array([3, 5, 1]), jnp.ones(3), jnp.ones(3), jnp.zeros(3, jnp.int32))
+  b, _ = sample_tokens(
+      other, keys, jnp.array([3, 5, 1]), jnp.ones(3), jnp.ones(3), jnp.zeros(3, jnp.int32)
+  )
   assert int(a[1]) == int(b[1])
-  greedy, lp = sample_tokens(logits, keys, jnp.zeros(3, jnp.int32), jnp.zeros(3), jnp.ones(3),
-                             jnp.zeros(3, jnp.int32))
+  greedy, lp = sample_tokens(
+      logits, keys, jnp.zeros(3, jnp.int32), jnp.zeros(3), jnp.ones(3), jnp.zeros(3, jnp.int32)
+  )
   np.testing.assert_array_equal(greedy, np.argmax(np.asarray(logits), -1))
 
 

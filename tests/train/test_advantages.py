@@ -1,4 +1,5 @@
 """Advantage estimators against plain-numpy references on random rewards and ragged groups."""
+
 import numpy as np
 import pytest
 import jax
@@ -8,79 +9,83 @@ from biomni_jax.train import advantages as adv_lib
 
 
 def numpy_advantages(name, rewards, group_ids, eps=1e-6):
-    out = np.zeros_like(rewards, dtype=np.float64)
-    for g in np.unique(group_ids):
-        idx = np.where(group_ids == g)[0]
-        r = rewards[idx].astype(np.float64)
-        n = len(r)
-        if n == 1:
-            continue
-        if name == "grpo":
-            out[idx] = (r - r.mean()) / (r.std(ddof=1) + eps)
-        elif name == "drgrpo":
-            out[idx] = r - r.mean()
-        elif name == "rloo":
-            out[idx] = [r[i] - np.delete(r, i).mean() for i in range(n)]
-    return out
+  out = np.zeros_like(rewards, dtype=np.float64)
+  for g in np.unique(group_ids):
+    idx = np.where(group_ids == g)[0]
+    r = rewards[idx].astype(np.float64)
+    n = len(r)
+    if n == 1:
+      continue
+    if name == "grpo":
+      out[idx] = (r - r.mean()) / (r.std(ddof=1) + eps)
+    elif name == "drgrpo":
+      out[idx] = r - r.mean()
+    elif name == "rloo":
+      out[idx] = [r[i] - np.delete(r, i).mean() for i in range(n)]
+  return out
 
 
 @pytest.mark.parametrize("name", ["grpo", "drgrpo", "rloo"])
 def test_matches_numpy_on_regular_groups(name):
-    rng = np.random.default_rng(0)
-    rewards = rng.uniform(0, 2, size=(5, 8)).astype(np.float32)
-    got = np.asarray(adv_lib.compute_advantages(name, rewards))
-    ids = np.repeat(np.arange(5), 8)
-    want = numpy_advantages(name, rewards.reshape(-1), ids).reshape(5, 8)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    assert got.shape == (5, 8) and got.dtype == np.float32
+  rng = np.random.default_rng(0)
+  rewards = rng.uniform(0, 2, size=(5, 8)).astype(np.float32)
+  got = np.asarray(adv_lib.compute_advantages(name, rewards))
+  ids = np.repeat(np.arange(5), 8)
+  want = numpy_advantages(name, rewards.reshape(-1), ids).reshape(5, 8)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert got.shape == (5, 8) and got.dtype == np.float32
 
 
 @pytest.mark.parametrize("name", ["grpo", "drgrpo", "rloo"])
 def test_matches_numpy_on_ragged_shuffled_groups(name):
-    rng = np.random.default_rng(1)
-    ids = np.array([0] * 3 + [1] * 1 + [2] * 6 + [3] * 2)
-    rng.shuffle(ids)
-    rewards = rng.integers(0, 3, size=ids.shape).astype(np.float32)  # ties like real 0/1/2 rewards
-    got = np.asarray(adv_lib.compute_advantages(name, rewards, group_ids=ids))
-    np.testing.assert_allclose(got, numpy_advantages(name, rewards, ids), rtol=1e-5, atol=1e-5)
-    # The singleton group has no baseline.
-    assert got[ids == 1].tolist() == [0.0]
+  rng = np.random.default_rng(1)
+  ids = np.array([0] * 3 + [1] * 1 + [2] * 6 + [3] * 2)
+  rng.shuffle(ids)
+  rewards = rng.integers(0, 3, size=ids.shape).astype(np.float32)  # ties like real 0/1/2 rewards
+  got = np.asarray(adv_lib.compute_advantages(name, rewards, group_ids=ids))
+  np.testing.assert_allclose(got, numpy_advantages(name, rewards, ids), rtol=1e-5, atol=1e-5)
+  # The singleton group has no baseline.
+  assert got[ids == 1].tolist() == [0.0]
 
 
 def test_hand_computed_values():
-    rewards = np.array([[2.0, 0.0, 1.0, 1.0]], np.float32)
-    np.testing.assert_allclose(adv_lib.compute_advantages("drgrpo", rewards), [[1, -1, 0, 0]])
-    # rloo: 2 - mean(0,1,1) = 4/3
-    np.testing.assert_allclose(adv_lib.compute_advantages("rloo", rewards),
-                               [[4 / 3, -4 / 3, 0, 0]], rtol=1e-6)
-    # grpo: std(ddof=1) = sqrt(2/3)
-    np.testing.assert_allclose(adv_lib.compute_advantages("grpo", rewards, eps=0.0),
-                               [[1 / np.sqrt(2 / 3), -1 / np.sqrt(2 / 3), 0, 0]], rtol=1e-6)
+  rewards = np.array([[2.0, 0.0, 1.0, 1.0]], np.float32)
+  np.testing.assert_allclose(adv_lib.compute_advantages("drgrpo", rewards), [[1, -1, 0, 0]])
+  # rloo: 2 - mean(0,1,1) = 4/3
+  np.testing.assert_allclose(
+      adv_lib.compute_advantages("rloo", rewards), [[4 / 3, -4 / 3, 0, 0]], rtol=1e-6
+  )
+  # grpo: std(ddof=1) = sqrt(2/3)
+  np.testing.assert_allclose(
+      adv_lib.compute_advantages("grpo", rewards, eps=0.0),
+      [[1 / np.sqrt(2 / 3), -1 / np.sqrt(2 / 3), 0, 0]],
+      rtol=1e-6,
+  )
 
 
 def test_uniform_group_gives_zero_and_grpo_stays_finite():
-    rewards = np.ones((2, 4), np.float32)
-    for name in adv_lib.ADVANTAGES:
-        got = np.asarray(adv_lib.compute_advantages(name, rewards))
-        assert np.all(got == 0.0) and np.all(np.isfinite(got))
+  rewards = np.ones((2, 4), np.float32)
+  for name in adv_lib.ADVANTAGES:
+    got = np.asarray(adv_lib.compute_advantages(name, rewards))
+    assert np.all(got == 0.0) and np.all(np.isfinite(got))
 
 
 def test_jittable_with_static_num_groups():
-    fn = jax.jit(lambda r, g: adv_lib.compute_advantages("drgrpo", r, g, num_groups=3))
-    got = fn(jnp.array([1.0, 0.0, 2.0, 2.0, 5.0]), jnp.array([0, 0, 1, 1, 2]))
-    np.testing.assert_allclose(got, [0.5, -0.5, 0.0, 0.0, 0.0])
+  fn = jax.jit(lambda r, g: adv_lib.compute_advantages("drgrpo", r, g, num_groups=3))
+  got = fn(jnp.array([1.0, 0.0, 2.0, 2.0, 5.0]), jnp.array([0, 0, 1, 1, 2]))
+  np.testing.assert_allclose(got, [0.5, -0.5, 0.0, 0.0, 0.0])
 
 
 def test_broadcast_to_tokens_zeroes_masked_positions():
-    mask = np.array([[1, 1, 0], [0, 1, 1]], np.float32)
-    got = adv_lib.broadcast_to_tokens(jnp.array([2.0, -1.0]), mask)
-    np.testing.assert_array_equal(got, [[2, 2, 0], [0, -1, -1]])
+  mask = np.array([[1, 1, 0], [0, 1, 1]], np.float32)
+  got = adv_lib.broadcast_to_tokens(jnp.array([2.0, -1.0]), mask)
+  np.testing.assert_array_equal(got, [[2, 2, 0], [0, -1, -1]])
 
 
 def test_errors_name_the_problem():
-    with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'"):
-        adv_lib.compute_advantages("ppo", np.ones((2, 2)))
-    with pytest.raises(ValueError, match="need group_ids"):
-        adv_lib.compute_advantages("grpo", np.ones(4))
-    with pytest.raises(ValueError, match="group_ids shape"):
-        adv_lib.compute_advantages("grpo", np.ones(4), group_ids=np.zeros(3, int))
+  with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'"):
+    adv_lib.compute_advantages("ppo", np.ones((2, 2)))
+  with pytest.raises(ValueError, match="need group_ids"):
+    adv_lib.compute_advantages("grpo", np.ones(4))
+  with pytest.raises(ValueError, match="group_ids shape"):
+    adv_lib.compute_advantages("grpo", np.ones(4), group_ids=np.zeros(3, int))

@@ -1,5 +1,6 @@
 """Exact resume: 20 steps straight == 10 steps, SIGKILL of the training process, resume for 10 more
 (identical per-step losses, bit for bit, and identical final parameters)."""
+
 import os
 import pathlib
 import signal
@@ -18,9 +19,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def command(workdir, train_path, **extra):
-  return [sys.executable, "-m", "biomni_jax.main", f"--config={ROOT / 'configs' / 'demo.py'}",
-          f"--workdir={workdir}", *fast_overrides(train_path, **{"sft.num_steps": 20, "sft.save_every": 10,
-                                                                 "sft.tensorboard": False, **extra})]
+  return [
+      sys.executable,
+      "-m",
+      "biomni_jax.main",
+      f"--config={ROOT / 'configs' / 'demo.py'}",
+      f"--workdir={workdir}",
+      *fast_overrides(
+          train_path,
+          **{"sft.num_steps": 20, "sft.save_every": 10, "sft.tensorboard": False, **extra},
+      ),
+  ]
 
 
 def run(cmd):
@@ -31,7 +40,9 @@ def run(cmd):
 
 def committed(checkpoints: pathlib.Path, step: int) -> bool:
   """Orbax renames a finished step's temporary directory to `<step>`: its presence means complete."""
-  return (checkpoints / str(step) / "state").is_dir() and (checkpoints / str(step) / "extra").is_dir()
+  return (checkpoints / str(step) / "state").is_dir() and (
+      checkpoints / str(step) / "extra"
+  ).is_dir()
 
 
 def final_params(workdir):
@@ -54,8 +65,12 @@ def test_sigkill_after_step_10_then_resume_equals_20_straight_steps(tmp_path):
   run(command(straight, train_path))
 
   # The interrupted run sleeps after each committed checkpoint, so the kill lands after step 10 is saved.
-  proc = subprocess.Popen(command(resumed, train_path, **{"sft.fault_injection_pause_s": 120}),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+  proc = subprocess.Popen(
+      command(resumed, train_path, **{"sft.fault_injection_pause_s": 120}),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      cwd=ROOT,
+  )
   deadline = time.time() + 300
   while not committed(resumed / "checkpoints", 10):
     assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
@@ -80,4 +95,7 @@ def test_sigkill_after_step_10_then_resume_equals_20_straight_steps(tmp_path):
   for name in pa:
     np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
   # keep-last-k: the demo keeps 2 checkpoints
-  assert sorted(int(p.name) for p in (resumed / "checkpoints").iterdir() if p.name.isdigit()) == [10, 20]
+  assert sorted(int(p.name) for p in (resumed / "checkpoints").iterdir() if p.name.isdigit()) == [
+      10,
+      20,
+  ]

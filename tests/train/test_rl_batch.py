@@ -1,6 +1,7 @@
 """Groups -> RL training rows: advantages per group broadcast onto exactly the sampled target positions,
 masks and per-token fields shifted onto the predicting position, overlong-and-malformed trajectories out of
 the loss but inside their group's mean, packing equal to one-per-row, episode metrics by hand."""
+
 import numpy as np
 import pytest
 
@@ -8,30 +9,71 @@ from biomni_jax.rollout.types import Group, Trajectory
 from biomni_jax.train import rl_batch, rl_metrics
 
 
-def traj(task, iid, gid, prompt_len, replies, reward, *, correctness=None, version=0, overlong=False, seed=0):
+def traj(
+    task,
+    iid,
+    gid,
+    prompt_len,
+    replies,
+    reward,
+    *,
+    correctness=None,
+    version=0,
+    overlong=False,
+    seed=0,
+):
   """A trajectory: a prompt of prompt_len tokens, then for each (sampled, observation) lengths a sampled
   reply and an observation; sampler log-probs -0.1 * (1 + index) on sampled tokens."""
   rng = np.random.default_rng(seed)
   ids, mask = list(rng.integers(1, 50, prompt_len)), [0] * prompt_len
   for sampled, obs in replies:
-    ids += list(rng.integers(1, 50, sampled)); mask += [1] * sampled
-    ids += list(rng.integers(1, 50, obs)); mask += [0] * obs
+    ids += list(rng.integers(1, 50, sampled))
+    mask += [1] * sampled
+    ids += list(rng.integers(1, 50, obs))
+    mask += [0] * obs
   mask = np.asarray(mask, np.int32)
   lp = np.where(mask > 0, -0.1 * (1 + np.arange(len(ids))), 0.0).astype(np.float32)
-  return Trajectory(task_name=task, instance_id=iid, group_id=gid, token_ids=np.asarray(ids, np.int32),
-                    loss_mask=mask, sampler_logprobs=lp,
-                    policy_versions=np.where(mask > 0, version, -1).astype(np.int32), prompt_len=prompt_len,
-                    correctness=reward if correctness is None else correctness, format=0.0, reward=reward,
-                    num_turns=len(replies), termination="solution", tool_seconds=0.5, generate_seconds=1.0,
-                    messages=[], overlong_and_malformed=overlong)
+  return Trajectory(
+      task_name=task,
+      instance_id=iid,
+      group_id=gid,
+      token_ids=np.asarray(ids, np.int32),
+      loss_mask=mask,
+      sampler_logprobs=lp,
+      policy_versions=np.where(mask > 0, version, -1).astype(np.int32),
+      prompt_len=prompt_len,
+      correctness=reward if correctness is None else correctness,
+      format=0.0,
+      reward=reward,
+      num_turns=len(replies),
+      termination="solution",
+      tool_seconds=0.5,
+      generate_seconds=1.0,
+      messages=[],
+      overlong_and_malformed=overlong,
+  )
 
 
 def make_groups():
-  g0 = Group("a", "a/0", 0, [traj("a", "a/0", 0, 4, [(3, 2), (2, 0)], 1.0, seed=1),
-                             traj("a", "a/0", 0, 4, [(5, 0)], 0.0, seed=2),
-                             traj("a", "a/0", 0, 4, [(2, 3), (1, 0)], 0.5, seed=3, overlong=True)])
-  g1 = Group("b", "b/0", 1, [traj("b", "b/0", 1, 3, [(4, 0)], 2.0, seed=4, version=1),
-                             traj("b", "b/0", 1, 3, [(1, 1), (2, 0)], 2.0, seed=5, version=1)])
+  g0 = Group(
+      "a",
+      "a/0",
+      0,
+      [
+          traj("a", "a/0", 0, 4, [(3, 2), (2, 0)], 1.0, seed=1),
+          traj("a", "a/0", 0, 4, [(5, 0)], 0.0, seed=2),
+          traj("a", "a/0", 0, 4, [(2, 3), (1, 0)], 0.5, seed=3, overlong=True),
+      ],
+  )
+  g1 = Group(
+      "b",
+      "b/0",
+      1,
+      [
+          traj("b", "b/0", 1, 3, [(4, 0)], 2.0, seed=4, version=1),
+          traj("b", "b/0", 1, 3, [(1, 1), (2, 0)], 2.0, seed=5, version=1),
+      ],
+  )
   return [g0, g1]
 
 
@@ -54,11 +96,13 @@ def test_unpacked_rows_shift_every_field_onto_the_predicting_position():
     n = len(t.token_ids)
     mask = np.zeros(16, np.int32)
     if not t.overlong_and_malformed:
-      mask[:n - 1] = t.loss_mask[1:]
+      mask[: n - 1] = t.loss_mask[1:]
     np.testing.assert_array_equal(rows["target_mask"][r], mask)
-    np.testing.assert_array_equal(rows["targets"][r, :n - 1], t.token_ids[1:])
+    np.testing.assert_array_equal(rows["targets"][r, : n - 1], t.token_ids[1:])
     np.testing.assert_allclose(rows["advantages"][r], a * mask)
-    np.testing.assert_allclose(rows["sampler_logprobs"][r, :n - 1], t.sampler_logprobs[1:] * mask[:n - 1])
+    np.testing.assert_allclose(
+        rows["sampler_logprobs"][r, : n - 1], t.sampler_logprobs[1:] * mask[: n - 1]
+    )
     np.testing.assert_array_equal(rows["policy_versions"][r], np.where(mask > 0, t.max_version, -1))
   assert rows["target_mask"][5].sum() == 0 and rows["segment_ids"][5].sum() == 0
 
@@ -82,7 +126,9 @@ def test_packed_rows_hold_the_same_per_trajectory_data_as_unpacked():
       if on.any():
         assert np.ptp(packed["advantages"][r][on]) == 0
         seen.append(round(float(packed["advantages"][r][on][0]), 6))
-  assert sorted(seen) == sorted(round(float(a), 6) for a, t in zip(adv, trajs) if not t.overlong_and_malformed)
+  assert sorted(seen) == sorted(
+      round(float(a), 6) for a, t in zip(adv, trajs) if not t.overlong_and_malformed
+  )
 
 
 def test_minibatches_partition_the_trajectories_and_are_seeded():
@@ -93,8 +139,9 @@ def test_minibatches_partition_the_trajectories_and_are_seeded():
   assert all((a == b).all() for a, b in zip(parts, again))
   with pytest.raises(ValueError, match="mini-batches"):
     rl_batch.minibatch_indices(2, 3, seed=0)
-  minibatches, adv = rl_batch.build_minibatches(make_groups(), num_minibatches=2, row_length=16, pack=False,
-                                                rows_multiple_of=1)
+  minibatches, adv = rl_batch.build_minibatches(
+      make_groups(), num_minibatches=2, row_length=16, pack=False, rows_multiple_of=1
+  )
   assert len(minibatches) == 2 and adv.shape == (5,)
   total_segments = sum(int((mb["segment_ids"][:, 0] > 0).sum()) for mb in minibatches)
   assert total_segments == 5
@@ -113,7 +160,7 @@ def test_pass_at_k_and_episode_metrics_by_hand():
   assert m["pass@1"] == pytest.approx((1 / 3 + 1) / 2)
   assert m["pass@3"] == pytest.approx((1 + 1) / 2)  # group b (size 2) has no pass@3
   assert m["response_tokens"] == pytest.approx((5 + 5 + 3 + 4 + 3) / 5)
-  lengths, rewards = np.array([5, 5, 3, 4, 3.]), np.array([1, 0, .5, 2, 2.])
+  lengths, rewards = np.array([5, 5, 3, 4, 3.0]), np.array([1, 0, 0.5, 2, 2.0])
   assert m["length_reward_corr"] == pytest.approx(np.corrcoef(lengths, rewards)[0, 1])
   assert m["zero_signal_group_frac"] == 0.5
   s = rl_metrics.staleness_metrics(make_groups(), current_version=2)

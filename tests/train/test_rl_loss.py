@@ -1,6 +1,7 @@
 """The trainer's RL loss on rl_batch rows equals a per-trajectory numpy reference (PPO clip-higher with
 dual-clip, seq-mean-token-mean over trajectories with sampled tokens), packed or not, and its gradient does
 not depend on the layout."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +23,7 @@ def reference_loss(params_new, params_old, groups, cfg: losses.PolicyLossConfig)
   # after a trajectory cannot change its log-probs).
   ids = np.zeros((len(trajs), 32), np.int32)
   for i, t in enumerate(trajs):
-    ids[i, :len(t.token_ids)] = t.token_ids
+    ids[i, : len(t.token_ids)] = t.token_ids
   targets = np.concatenate([ids[:, 1:], np.zeros((len(trajs), 1), np.int32)], axis=1)
   forward = jax.jit(lambda p: M.token_logprobs(CONFIG, p, ids, targets, temperature=TEMPERATURE))
   new_all, old_all = np.asarray(forward(params_new)), np.asarray(forward(params_old))
@@ -31,7 +32,7 @@ def reference_loss(params_new, params_old, groups, cfg: losses.PolicyLossConfig)
     if t.overlong_and_malformed:
       continue
     n = len(t.token_ids)
-    new, old = new_all[i, :n - 1], old_all[i, :n - 1]
+    new, old = new_all[i, : n - 1], old_all[i, : n - 1]
     on = t.loss_mask[1:] > 0
     r = np.exp(new - old)[on].astype(np.float64)
     loss = np.maximum(-a * r, -a * np.clip(r, 1 - cfg.clip_low, 1 + cfg.clip_high))
@@ -45,10 +46,14 @@ def test_rl_loss_matches_reference_packed_and_unpacked():
   sharding = ShardingRules(make_mesh())
   p_old = M.init_params(CONFIG, jax.random.key(0))
   # Large enough a perturbation that some ratios leave [0.8, 1.28] and both clip branches act.
-  p_new = jax.tree.map(lambda x, k: x + 0.3 * jax.random.normal(k, x.shape),
-                       p_old, jax.tree.unflatten(jax.tree.structure(p_old),
-                                                 list(jax.random.split(jax.random.key(1),
-                                                                       len(jax.tree.leaves(p_old))))))
+  p_new = jax.tree.map(
+      lambda x, k: x + 0.3 * jax.random.normal(k, x.shape),
+      p_old,
+      jax.tree.unflatten(
+          jax.tree.structure(p_old),
+          list(jax.random.split(jax.random.key(1), len(jax.tree.leaves(p_old)))),
+      ),
+  )
   cfg = losses.PolicyLossConfig()
   groups = make_groups()
   expected, num_seqs = reference_loss(p_new, p_old, groups, cfg)
@@ -60,8 +65,12 @@ def test_rl_loss_matches_reference_packed_and_unpacked():
   for pack in (False, True):
     trajs = [t for g in groups for t in g.trajectories]
     adv = rl_batch.group_advantages(groups)
-    rows = rl_batch.build_rows([rl_batch.trajectory_example(t, a) for t, a in zip(trajs, adv)], 32, pack=pack,
-                               rows_multiple_of=8)  # one shape for both layouts: one compilation
+    rows = rl_batch.build_rows(
+        [rl_batch.trajectory_example(t, a) for t, a in zip(trajs, adv)],
+        32,
+        pack=pack,
+        rows_multiple_of=8,
+    )  # one shape for both layouts: one compilation
     rows["old_logprobs"] = rl.recompute_logprobs(logprob_fn, p_old, rows, 8, sharding)
     batch = {k: jnp.asarray(rows[k]) for k in rl.STEP_FIELDS}
     loss_sum, denom, metrics = evaluate(p_new, batch)

@@ -1,5 +1,6 @@
 """The generic train step: one division by the global denominator, so packing, micro-batching and data
 parallelism leave the gradient and the update unchanged; hand-checkable SGD update and metrics."""
+
 import json
 import os
 import subprocess
@@ -31,8 +32,10 @@ def examples(n=8, seed=0):
   for i in range(n):
     length = (9, 17, 30)[i % 3]
     mask = np.zeros(length, np.int32)
-    mask[int(rng.integers(1, length - 2)):] = 1
-    out.append({"tokens": rng.integers(0, CONFIG.vocab_size, length).astype(np.int32), "loss_mask": mask})
+    mask[int(rng.integers(1, length - 2)) :] = 1
+    out.append(
+        {"tokens": rng.integers(0, CONFIG.vocab_size, length).astype(np.int32), "loss_mask": mask}
+    )
   return out
 
 
@@ -51,10 +54,12 @@ def setup():
 
 def reference_gradient(params, exs):
   """Each example alone (batch 1, no padding): grad of sum_i sum_t m logp / global count."""
+
   def example_loss_sum(p, ex):
     tokens = jnp.asarray(ex["tokens"])[None]
     logp = M.token_logprobs(CONFIG, p, tokens[:, :-1], tokens[:, 1:])
     return -(logp * jnp.asarray(ex["loss_mask"][1:], jnp.float32)[None]).sum()
+
   grad_fn = jax.jit(jax.grad(example_loss_sum))
   total = jax.tree.map(jnp.zeros_like, params)
   count = 0.0
@@ -70,8 +75,10 @@ def ref_grad(setup):
 
 
 def max_rel(a, b):
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))) / (np.max(np.abs(np.asarray(y))) + 1e-30))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return max(
+      float(np.max(np.abs(np.asarray(x) - np.asarray(y))) / (np.max(np.abs(np.asarray(y))) + 1e-30))
+      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 LR = 1e4  # large: the update dominates the params, so (old - new) / LR recovers g to float32 precision
@@ -84,25 +91,39 @@ def sgd_variants(setup):
   out = {}
   for pack, micro in ((True, 1), (True, 4), (False, 1)):
     rows = rows_of(examples(), pack=pack)
-    step = make_train_step(CONFIG, make_sft_loss(CONFIG, rules), optax.sgd(LR), sharding=rules,
-                           micro_batches=micro, learning_rate_fn=optax.constant_schedule(LR))
+    step = make_train_step(
+        CONFIG,
+        make_sft_loss(CONFIG, rules),
+        optax.sgd(LR),
+        sharding=rules,
+        micro_batches=micro,
+        learning_rate_fn=optax.constant_schedule(LR),
+    )
     state = init_train_state(CONFIG, optax.sgd(LR), 0, rules, params=params)
     rng_before = np.asarray(state.rng)
     new_state, metrics = step(state, rows)
-    out[pack, micro] = dict(rows=rows, step=step, state=jax.device_get(new_state), rng_before=rng_before,
-                            metrics={k: float(v) for k, v in metrics.items()},
-                            donated=state.params["norm"]["scale"].is_deleted())
+    out[pack, micro] = dict(
+        rows=rows,
+        step=step,
+        state=jax.device_get(new_state),
+        rng_before=rng_before,
+        metrics={k: float(v) for k, v in metrics.items()},
+        donated=state.params["norm"]["scale"].is_deleted(),
+    )
   return out
 
 
-def test_update_is_the_reference_gradient_with_and_without_packing_and_micro_batches(setup, sgd_variants,
-                                                                                     ref_grad):
+def test_update_is_the_reference_gradient_with_and_without_packing_and_micro_batches(
+    setup, sgd_variants, ref_grad
+):
   """ref_grad: each example alone, unpadded, its masked log-prob sum divided by the global count."""
   rules, params = setup
   exs = examples()
   ref = ref_grad
-  assert sgd_variants[True, 1]["rows"]["tokens"].shape[0] < sgd_variants[False, 1]["rows"]["tokens"].shape[0], \
-      "packing must actually merge examples"
+  assert (
+      sgd_variants[True, 1]["rows"]["tokens"].shape[0]
+      < sgd_variants[False, 1]["rows"]["tokens"].shape[0]
+  ), "packing must actually merge examples"
   for (pack, micro), v in sgd_variants.items():
     grad = jax.tree.map(lambda new, old: (old - new) / LR, v["state"].params, params)
     assert max_rel(grad, ref) < 1e-5, (pack, micro)
@@ -117,7 +138,9 @@ def test_step_metrics_match_hand_computed_values(sgd_variants, ref_grad):
   rows, metrics = v["rows"], v["metrics"]
   assert metrics["denominator"] == rows["target_mask"].sum() == metrics["target_tokens"]
   assert metrics["tokens"] == (rows["segment_ids"] > 0).sum()
-  assert np.isclose(metrics["grad_norm"], np.sqrt(sum((g ** 2).sum() for g in jax.tree.leaves(ref))), rtol=1e-5)
+  assert np.isclose(
+      metrics["grad_norm"], np.sqrt(sum((g**2).sum() for g in jax.tree.leaves(ref))), rtol=1e-5
+  )
   assert metrics["lr"] == LR and int(v["state"].step) == 1
   assert not np.array_equal(np.asarray(v["state"].rng), v["rng_before"])
 
@@ -185,11 +208,17 @@ def test_data_parallel_step_on_8_devices_equals_one_device():
   """Mesh data 2 x fsdp 2 x tensor 2, 2 micro-batches: loss, grad norm and gradient equal one device's."""
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", DATA_PARALLEL_CHILD, root], env=env, capture_output=True,
-                        text=True, timeout=600, cwd=root)
+  proc = subprocess.run(
+      [sys.executable, "-c", DATA_PARALLEL_CHILD, root],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      cwd=root,
+  )
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-  result = json.loads(lines[-1][len("RESULT "):])
+  result = json.loads(lines[-1][len("RESULT ") :])
   assert result["devices"] == 8 and result["sharded"] > 0
   np.testing.assert_allclose(result["losses_dp"], result["losses_one"], rtol=1e-5)
   assert result["grad_rel"] < 1e-5

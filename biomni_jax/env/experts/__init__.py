@@ -5,4 +5,11 @@ from biomni_jax.env.experts.agent import RandomCandidateAgent, ScriptedExpert, m
 from biomni_jax.env.experts.executor import InProcessExecutor
 from biomni_jax.env.experts.solvers import RESULT_MARKER, SOLVERS
 
-__all__ = ["InProcessExecutor", "RESULT_MARKER", "RandomCandidateAgent", "SOLVERS", "ScriptedExpert", "make_expert"]
+__all__ = [
+    "InProcessExecutor",
+    "RESULT_MARKER",
+    "RandomCandidateAgent",
+    "SOLVERS",
+    "ScriptedExpert",
+    "make_expert",
+]

@@ -16,11 +16,18 @@ _SHARED: dict[str | None, KnowledgeBase] = {}
 
 
 def get_knowledge_base(cache_dir: str | None = None) -> KnowledgeBase:
-    """The process-wide KnowledgeBase for `cache_dir` (built on first use if absent)."""
-    with _LOCK:
-        if cache_dir not in _SHARED:
-            _SHARED[cache_dir] = KnowledgeBase(load_tables(cache_dir))
-        return _SHARED[cache_dir]
+  """The process-wide KnowledgeBase for `cache_dir` (built on first use if absent)."""
+  with _LOCK:
+    if cache_dir not in _SHARED:
+      _SHARED[cache_dir] = KnowledgeBase(load_tables(cache_dir))
+    return _SHARED[cache_dir]
 
 
-__all__ = ["KnowledgeBase", "build_cache", "cache_path", "default_cache_dir", "get_knowledge_base", "load_tables"]
+__all__ = [
+    "KnowledgeBase",
+    "build_cache",
+    "cache_path",
+    "default_cache_dir",
+    "get_knowledge_base",
+    "load_tables",
+]

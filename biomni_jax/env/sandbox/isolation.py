@@ -41,117 +41,135 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _check(result: int, what: str) -> None:
-    if result != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{what} failed: {os.strerror(errno)}")
+  if result != 0:
+    errno = ctypes.get_errno()
+    raise OSError(errno, f"{what} failed: {os.strerror(errno)}")
 
 
 def _b(value: str | None) -> bytes | None:
-    return None if value is None else value.encode()
+  return None if value is None else value.encode()
 
 
 def unshare(flags: int) -> None:
-    """unshare(2): move this process into new namespaces (CLONE_NEWPID applies to its children)."""
-    _check(_libc.unshare(ctypes.c_int(flags)), f"unshare(flags={flags:#x})")
+  """unshare(2): move this process into new namespaces (CLONE_NEWPID applies to its children)."""
+  _check(_libc.unshare(ctypes.c_int(flags)), f"unshare(flags={flags:#x})")
 
 
-def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
-    """mount(2), with string arguments."""
-    _check(
-        _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
-        f"mount(source={source!r}, target={target!r}, fstype={fstype!r}, flags={flags:#x}, data={data!r})",
-    )
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None
+) -> None:
+  """mount(2), with string arguments."""
+  _check(
+      _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
+      f"mount(source={source!r}, target={target!r}, fstype={fstype!r}, flags={flags:#x}, data={data!r})",
+  )
 
 
 def make_mounts_private() -> None:
-    """Stop mounts made in this mount namespace from propagating back to the host."""
-    mount(None, "/", None, MS_REC | MS_PRIVATE)
+  """Stop mounts made in this mount namespace from propagating back to the host."""
+  mount(None, "/", None, MS_REC | MS_PRIVATE)
 
 
 def mount_proc() -> None:
-    """A /proc that shows only this pid namespace (other sessions and the pool become invisible)."""
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  """A /proc that shows only this pid namespace (other sessions and the pool become invisible)."""
+  mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def mount_private_tmp(path: str, size_mb: int, keep: tuple[str, ...] = ()) -> None:
-    """An empty, size-capped tmpfs (sticky, world-writable like /tmp) over `path`.
+  """An empty, size-capped tmpfs (sticky, world-writable like /tmp) over `path`.
 
-    Directories of `keep` that lie under `path` (a Python runtime or the project checked out under /tmp,
-    as on CI) stay visible, read-only, at their own place: they are bind-mounted back from the covered
-    host directory, reached through a descriptor opened before the cover.
-    """
-    prefix = path.rstrip(os.sep) + os.sep
-    inner = sorted(p for p in keep if p.startswith(prefix) and os.path.isdir(p))
-    host = os.open(path, os.O_PATH | os.O_DIRECTORY) if inner else None
-    try:
-        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(size_mb)}m,mode=1777")
-        for inner_path in inner:
-            os.makedirs(inner_path, mode=0o755, exist_ok=True)
-            mount(f"/proc/self/fd/{host}/{os.path.relpath(inner_path, path)}", inner_path, None, MS_BIND | MS_REC)
-            mount(None, inner_path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    finally:
-        if host is not None:
-            os.close(host)
+  Directories of `keep` that lie under `path` (a Python runtime or the project checked out under /tmp,
+  as on CI) stay visible, read-only, at their own place: they are bind-mounted back from the covered
+  host directory, reached through a descriptor opened before the cover.
+  """
+  prefix = path.rstrip(os.sep) + os.sep
+  inner = sorted(p for p in keep if p.startswith(prefix) and os.path.isdir(p))
+  host = os.open(path, os.O_PATH | os.O_DIRECTORY) if inner else None
+  try:
+    mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(size_mb)}m,mode=1777")
+    for inner_path in inner:
+      os.makedirs(inner_path, mode=0o755, exist_ok=True)
+      mount(
+          f"/proc/self/fd/{host}/{os.path.relpath(inner_path, path)}",
+          inner_path,
+          None,
+          MS_BIND | MS_REC,
+      )
+      mount(None, inner_path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+  finally:
+    if host is not None:
+      os.close(host)
 
 
 def hide_path(path: str) -> None:
-    """Cover `path` with an empty read-only tmpfs of mode 000: no listing, no reading, no writing."""
-    mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000")
+  """Cover `path` with an empty read-only tmpfs of mode 000: no listing, no reading, no writing."""
+  mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000")
 
 
 def closed_ancestor(path: str) -> str | None:
-    """The topmost ancestor of `path` that other users cannot enter (no o+x), or None."""
-    parts = os.path.abspath(path).split(os.sep)[1:-1]
-    for depth in range(1, len(parts) + 1):
-        ancestor = os.sep + os.path.join(*parts[:depth])
-        if not os.stat(ancestor).st_mode & 0o001:
-            return ancestor
-    return None
+  """The topmost ancestor of `path` that other users cannot enter (no o+x), or None."""
+  parts = os.path.abspath(path).split(os.sep)[1:-1]
+  for depth in range(1, len(parts) + 1):
+    ancestor = os.sep + os.path.join(*parts[:depth])
+    if not os.stat(ancestor).st_mode & 0o001:
+      return ancestor
+  return None
 
 
 def expose_through_closed_ancestors(paths: list[str], staging_dir: str) -> list[str]:
-    """Make each path reachable by unprivileged users although an ancestor is closed to them.
+  """Make each path reachable by unprivileged users although an ancestor is closed to them.
 
-    Typical case: a pyenv Python under /root (mode 700). The closed ancestor is covered with a
-    read-only tmpfs that holds nothing but the needed paths, bind-mounted back at their own place,
-    so everything else under it (root's home, caches, keys) becomes invisible. Returns the covered
-    ancestors. staging_dir: a private writable directory used while mounts are moved.
-    """
-    by_ancestor: dict[str, list[str]] = {}
-    for path in paths:
-        ancestor = closed_ancestor(path)
-        if ancestor is not None:
-            by_ancestor.setdefault(ancestor, []).append(path)
-    for ancestor, inner_paths in by_ancestor.items():
-        staged = []
-        for i, path in enumerate(inner_paths):
-            stage = os.path.join(staging_dir, f".expose-{len(staged)}-{i}")
-            os.makedirs(stage)
-            mount(path, stage, None, MS_BIND | MS_REC)
-            staged.append((stage, path))
-        mount("tmpfs", ancestor, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-        for stage, path in staged:
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            mount(stage, path, None, MS_MOVE)
-            os.rmdir(stage)
-        mount("tmpfs", ancestor, "tmpfs", MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-    return list(by_ancestor)
+  Typical case: a pyenv Python under /root (mode 700). The closed ancestor is covered with a
+  read-only tmpfs that holds nothing but the needed paths, bind-mounted back at their own place,
+  so everything else under it (root's home, caches, keys) becomes invisible. Returns the covered
+  ancestors. staging_dir: a private writable directory used while mounts are moved.
+  """
+  by_ancestor: dict[str, list[str]] = {}
+  for path in paths:
+    ancestor = closed_ancestor(path)
+    if ancestor is not None:
+      by_ancestor.setdefault(ancestor, []).append(path)
+  for ancestor, inner_paths in by_ancestor.items():
+    staged = []
+    for i, path in enumerate(inner_paths):
+      stage = os.path.join(staging_dir, f".expose-{len(staged)}-{i}")
+      os.makedirs(stage)
+      mount(path, stage, None, MS_BIND | MS_REC)
+      staged.append((stage, path))
+    mount("tmpfs", ancestor, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
+    for stage, path in staged:
+      os.makedirs(path, mode=0o755, exist_ok=True)
+      mount(stage, path, None, MS_MOVE)
+      os.rmdir(stage)
+    mount(
+        "tmpfs",
+        ancestor,
+        "tmpfs",
+        MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+        "size=64k,mode=755",
+    )
+  return list(by_ancestor)
 
 
 def set_parent_death_signal(signum: int) -> None:
-    """Ask the kernel to send `signum` when the parent thread exits (cleared by a uid change)."""
-    _check(_libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signum), 0, 0, 0), f"prctl(PR_SET_PDEATHSIG, {signum})")
+  """Ask the kernel to send `signum` when the parent thread exits (cleared by a uid change)."""
+  _check(
+      _libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signum), 0, 0, 0),
+      f"prctl(PR_SET_PDEATHSIG, {signum})",
+  )
 
 
 def set_no_new_privs() -> None:
-    """After this, exec never grants privileges (setuid binaries like su or mount lose their bit)."""
-    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS, 1)")
+  """After this, exec never grants privileges (setuid binaries like su or mount lose their bit)."""
+  _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS, 1)")
 
 
 def drop_privileges(uid: int, gid: int) -> None:
-    """Irreversibly become uid/gid with no supplementary groups (real, effective and saved ids)."""
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    if os.getuid() != uid or os.geteuid() != uid or os.getgid() != gid:
-        raise OSError(f"drop_privileges: expected uid/gid {uid}/{gid}, found {os.getuid()}/{os.getgid()}")
+  """Irreversibly become uid/gid with no supplementary groups (real, effective and saved ids)."""
+  os.setgroups([])
+  os.setresgid(gid, gid, gid)
+  os.setresuid(uid, uid, uid)
+  if os.getuid() != uid or os.geteuid() != uid or os.getgid() != gid:
+    raise OSError(
+        f"drop_privileges: expected uid/gid {uid}/{gid}, found {os.getuid()}/{os.getgid()}"
+    )

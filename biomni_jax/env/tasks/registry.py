@@ -10,23 +10,23 @@ _FAMILIES: dict[str, Callable[..., TaskFamily]] = {}
 
 
 def register(name: str):
-    """Class decorator: make the family constructible as get_family(name, **kwargs)."""
+  """Class decorator: make the family constructible as get_family(name, **kwargs)."""
 
-    def wrap(cls):
-        if name in _FAMILIES:
-            raise ValueError(f"task registry: family {name!r} is registered twice")
-        cls.name = name
-        _FAMILIES[name] = cls
-        return cls
+  def wrap(cls):
+    if name in _FAMILIES:
+      raise ValueError(f"task registry: family {name!r} is registered twice")
+    cls.name = name
+    _FAMILIES[name] = cls
+    return cls
 
-    return wrap
+  return wrap
 
 
 def family_names() -> list[str]:
-    return sorted(_FAMILIES)
+  return sorted(_FAMILIES)
 
 
 def get_family(name: str, **kwargs) -> TaskFamily:
-    if name not in _FAMILIES:
-        raise KeyError(f"task registry: expected one of {family_names()}, found {name!r}")
-    return _FAMILIES[name](**kwargs)
+  if name not in _FAMILIES:
+    raise KeyError(f"task registry: expected one of {family_names()}, found {name!r}")
+  return _FAMILIES[name](**kwargs)
