@@ -173,6 +173,21 @@ def load(path: str | Path) -> list[Eval1Row]:
   raise Eval1FormatError(f"{path}: expected a .parquet or .jsonl file, found suffix {suffix!r}")
 
 
+SAMPLE_NAME = "eval1_sample"  # what the evaluation commands accept in place of the sample's path
+
+
+def sample_path() -> Path:
+  """The 50 real Eval1 rows shipped with the package (5 per task; source and licence note in
+  biomni_jax/env/data/README.md). Raises FileNotFoundError when the install left the file out."""
+  path = Path(__file__).resolve().parent / "data" / "eval1_sample_50.jsonl"
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"the packaged Eval1 sample is missing at {path}; reinstall biomni_jax (setup.py lists "
+        f"env/data/*.jsonl as package data)"
+    )
+  return path
+
+
 # ----------------------------------------------------------------------------- graders
 
 
