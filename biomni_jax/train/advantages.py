@@ -13,6 +13,19 @@ mu_g = mean of R over the group and sigma_g its standard deviation
 A group of one has no baseline to compare against: its advantage is 0 in
 every estimator (and sigma_g is taken as 0 there).
 
+Flat groups. A group whose rewards are all equal carries no signal, and its
+advantage is exactly 0 in every estimator. Plain float32 arithmetic does not
+give that for rewards such as 0.7 (not representable): the group mean lands an
+ulp away from R, sigma_g ~ 1e-8 instead of 0, and grpo's division by
+sigma_g + eps blows the rounding up into an advantage of one sign for the whole
+group (+-0.06 for eight rewards of 0.7). Two measures prevent it:
+  * centring on a member: with p_g = max of the group (one of its rewards),
+    d_i = R_i - p_g is exact for equal rewards (0), and
+    R_i - mu_g = d_i - mean_g(d), sigma_g = std_g(d), so a flat group gives 0s;
+  * rewards that differ only by float32 rounding,
+    max_g R - min_g R <= FLAT_RTOL * max_g |R|, count as flat too (advantage 0),
+    so an ulp of noise cannot become a +-1 grpo advantage.
+
 Inputs: rewards either [num_groups, G] (regular groups) or [N] together with
 group_ids [N] int32 in [0, num_groups) (ragged groups, e.g. after failed
 episodes). Output: float32 advantages of the rewards' shape. ``broadcast_to_tokens``
@@ -30,39 +43,56 @@ Array = jax.Array
 AdvantageFn = Callable[..., Array]
 
 
+# Rewards closer than this (relative to the group's largest |R|) are the same reward up to float32
+# rounding: about 8 ulps.
+FLAT_RTOL = 1e-6
+
+
 def _group_stats(
     rewards_n: Array, group_ids_n: Array, num_groups: int
-) -> tuple[Array, Array, Array]:
-  """Per-trajectory (group mean, group unbiased std, group size), each [N] float32."""
+) -> tuple[Array, Array, Array, Array]:
+  """Per-trajectory (R_i - mu_g, sigma_g (ddof 1), n_g, group has signal), each [N].
+
+  Centred on p_g = max of the group, so equal rewards give 0 exactly (see the module docstring).
+  "Has signal" is False for groups of one and for flat groups.
+  """
   ones = jnp.ones_like(rewards_n)
   size_g = jax.ops.segment_sum(ones, group_ids_n, num_segments=num_groups)
-  sum_g = jax.ops.segment_sum(rewards_n, group_ids_n, num_segments=num_groups)
-  mean_g = sum_g / jnp.maximum(size_g, 1.0)
-  mean_n = mean_g[group_ids_n]
-  sq_dev_g = jax.ops.segment_sum((rewards_n - mean_n) ** 2, group_ids_n, num_segments=num_groups)
+  max_g = jax.ops.segment_max(rewards_n, group_ids_n, num_segments=num_groups)
+  min_g = jax.ops.segment_min(rewards_n, group_ids_n, num_segments=num_groups)
+  pivot_n = max_g[group_ids_n]
+  offset_n = rewards_n - pivot_n
+  mean_offset_g = jax.ops.segment_sum(offset_n, group_ids_n, num_segments=num_groups) / jnp.maximum(
+      size_g, 1.0
+  )
+  centred_n = offset_n - mean_offset_g[group_ids_n]
+  sq_dev_g = jax.ops.segment_sum(centred_n**2, group_ids_n, num_segments=num_groups)
   var_g = jnp.where(size_g > 1, sq_dev_g / jnp.maximum(size_g - 1.0, 1.0), 0.0)
-  return mean_n, jnp.sqrt(var_g)[group_ids_n], size_g[group_ids_n]
+  scale_g = jnp.maximum(jnp.abs(max_g), jnp.abs(min_g))
+  flat_g = (max_g - min_g) <= FLAT_RTOL * scale_g
+  signal_g = (size_g > 1) & ~flat_g
+  return centred_n, jnp.sqrt(var_g)[group_ids_n], size_g[group_ids_n], signal_g[group_ids_n]
 
 
 def grpo(rewards_n: Array, group_ids_n: Array, num_groups: int, *, eps: float = 1e-6) -> Array:
-  """(R_i - mu_g) / (sigma_g + eps); 0 for groups of one."""
-  mean, std, size = _group_stats(rewards_n, group_ids_n, num_groups)
-  return jnp.where(size > 1, (rewards_n - mean) / (std + eps), 0.0)
+  """(R_i - mu_g) / (sigma_g + eps); 0 for groups of one and flat groups."""
+  centred, std, _, signal = _group_stats(rewards_n, group_ids_n, num_groups)
+  return jnp.where(signal, centred / (std + eps), 0.0)
 
 
 def drgrpo(rewards_n: Array, group_ids_n: Array, num_groups: int, *, eps: float = 1e-6) -> Array:
-  """R_i - mu_g; 0 for groups of one. eps is unused."""
+  """R_i - mu_g; 0 for groups of one and flat groups. eps is unused."""
   del eps
-  mean, _, size = _group_stats(rewards_n, group_ids_n, num_groups)
-  return jnp.where(size > 1, rewards_n - mean, 0.0)
+  centred, _, _, signal = _group_stats(rewards_n, group_ids_n, num_groups)
+  return jnp.where(signal, centred, 0.0)
 
 
 def rloo(rewards_n: Array, group_ids_n: Array, num_groups: int, *, eps: float = 1e-6) -> Array:
-  """R_i minus the mean of the other members of its group; 0 for groups of one."""
+  """R_i minus the mean of the other members of its group; 0 for groups of one and flat groups."""
   del eps
-  mean, _, size = _group_stats(rewards_n, group_ids_n, num_groups)
+  centred, _, size, signal = _group_stats(rewards_n, group_ids_n, num_groups)
   scale = size / jnp.maximum(size - 1.0, 1.0)
-  return jnp.where(size > 1, scale * (rewards_n - mean), 0.0)
+  return jnp.where(signal, scale * centred, 0.0)
 
 
 ADVANTAGES: dict[str, AdvantageFn] = {"grpo": grpo, "drgrpo": drgrpo, "rloo": rloo}

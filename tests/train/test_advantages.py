@@ -70,6 +70,65 @@ def test_uniform_group_gives_zero_and_grpo_stays_finite():
     assert np.all(got == 0.0) and np.all(np.isfinite(got))
 
 
+PARTIAL_CREDIT = [0.7, 0.1, 0.3, 1.7, 0.35, 1.15, 2.0 / 3.0, 0.2]
+
+
+@pytest.mark.parametrize("name", ["grpo", "drgrpo", "rloo"])
+@pytest.mark.parametrize("group_size", [2, 8, 16, 64])
+@pytest.mark.parametrize("value", PARTIAL_CREDIT)
+def test_group_of_equal_partial_credit_rewards_gives_exactly_zero(name, group_size, value):
+  """All members equal: no signal, so advantage 0 exactly (float32 mean rounding must not leak).
+
+  Eight rewards of 0.7 gave +-0.056 under grpo before (0.15 with G = 16): the float32 mean was
+  one ulp off and the std ~1e-8, which the division by std + eps magnified.
+  """
+  rewards = np.full((3, group_size), value, np.float32)
+  got = np.asarray(adv_lib.compute_advantages(name, rewards))
+  assert np.all(got == 0.0), (name, value, group_size, np.abs(got).max())
+  ids = np.repeat(np.arange(3), group_size)
+  got_ragged = np.asarray(
+      adv_lib.compute_advantages(name, rewards.reshape(-1), group_ids=ids, num_groups=3)
+  )
+  assert np.all(got_ragged == 0.0), (name, value, group_size)
+
+
+@pytest.mark.parametrize("name", ["grpo", "drgrpo", "rloo"])
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_float64_reference_on_partial_credit_groups(name, seed):
+  """Random partial-credit rewards on ragged groups (some flat, some with ties) vs numpy float64."""
+  rng = np.random.default_rng(100 + seed)
+  sizes = rng.integers(1, 17, size=12)
+  ids = np.repeat(np.arange(len(sizes)), sizes)
+  # Rewards on a 0.05 grid in [0, 2], like correctness partial credit + a 0/1 format term.
+  rewards = (
+      rng.integers(0, 21, size=ids.shape) * 0.05 + rng.integers(0, 2, size=ids.shape)
+  ).astype(np.float32)
+  flat = [g for g in (2, 5, 9) if sizes[g] > 1]
+  for g in flat:  # flat groups: every member the group's first reward
+    rewards[ids == g] = rewards[ids == g][0]
+  perm = rng.permutation(len(ids))
+  ids, rewards = ids[perm], rewards[perm]
+  got = np.asarray(adv_lib.compute_advantages(name, rewards, group_ids=ids))
+  want = numpy_advantages(name, rewards, ids)
+  tol = 2e-6 if name == "grpo" else 4e-7  # a few float32 ulps at |R| <= 3
+  np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+  for g in flat:
+    assert np.all(got[ids == g] == 0.0), (name, g)
+  assert got.dtype == np.float32
+
+
+def test_rewards_equal_up_to_float32_rounding_count_as_flat():
+  """Rewards that differ by an ulp or two are rounding, not signal: 0, not +-1 under grpo."""
+  base = np.float32(1.7)
+  rewards = np.array([[base, np.nextafter(base, np.float32(2)), base, base]], np.float32)
+  for name in adv_lib.ADVANTAGES:
+    np.testing.assert_array_equal(adv_lib.compute_advantages(name, rewards), 0.0)
+  # A real difference (well above the rounding tolerance) still counts.
+  rewards = np.array([[0.0, 1e-4, 0.0, 0.0]], np.float32)
+  got = np.asarray(adv_lib.compute_advantages("grpo", rewards, eps=0.0))
+  np.testing.assert_allclose(got, [[-0.5, 1.5, -0.5, -0.5]], rtol=1e-4)
+
+
 def test_jittable_with_static_num_groups():
   fn = jax.jit(lambda r, g: adv_lib.compute_advantages("drgrpo", r, g, num_groups=3))
   got = fn(jnp.array([1.0, 0.0, 2.0, 2.0, 5.0]), jnp.array([0, 0, 1, 1, 2]))
