@@ -8,11 +8,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-EVAL1_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "eval1_sample" / "eval1_sample_50.jsonl"
 
 
 @pytest.fixture
 def eval1_sample_path():
-  if not EVAL1_SAMPLE.exists():
-    pytest.skip(f"Eval1 sample not found at {EVAL1_SAMPLE}")
-  return EVAL1_SAMPLE
+  """The 50 real Eval1 rows shipped with the package (biomni_jax/env/data/)."""
+  from biomni_jax.env.eval1 import sample_path
+
+  return sample_path()

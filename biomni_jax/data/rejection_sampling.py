@@ -6,7 +6,7 @@ sandbox session holding the family's tools. Each candidate is scored
     correctness = family.reward(solution, answer)   (0 without a solution; the official grade is
                                                       recorded too, in info["official_grade"])
     format      = protocol.format_reward(assistant messages)
-    reward      = correctness + format                (REFERENCE.md section 1; range 0..2)
+    reward      = correctness + format                (docs/recipe.md section 1.3; range 0..2)
 
 and the best one (highest reward; ties: the fewest characters, then the lowest sample index) is
 kept iff its reward >= min_reward. Kept trajectories are appended to `out_path` (jsonl, see
@@ -18,7 +18,7 @@ recorded and run again on restart; a fatal teacher error (bad key, unknown model
 
 Rollouts of all pending tasks share one thread pool of `concurrency` workers; the session pool
 (SandboxPool) bounds how many sessions exist at once. `answer_hiding_pool` builds a pool that also
-hides the directories holding answers (the shared data dir and the output dir) from session code.
+hides the directories holding answers (the packaged Eval1 rows and the output dir) from session code.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy as np
 
 from biomni_jax.data.teachers import TeacherError, TeacherFactory
 from biomni_jax.data.trajectory import Trajectory, append_jsonl
-from biomni_jax.env import protocol
+from biomni_jax.env import eval1, protocol
 from biomni_jax.env.episode import Episode, run_episode
 from biomni_jax.env.tasks import TaskFamily, TaskInstance, get_family, sandbox_setup_code
 from biomni_jax.env.tools import import_strings, tool_specs
@@ -89,19 +89,19 @@ def answer_hiding_pool(
     extra_hidden: Sequence[str] = (),
     **pool_kwargs,
 ):
-  """A SandboxPool whose sessions cannot read the project, its shared data dir, or the output dir.
+  """A SandboxPool whose sessions cannot read the project, the packaged Eval1 rows, or the output dir.
 
-  The shared data dir (`<checkout>/../shared/data`, Eval1 answers) and the output file's
-  directory (kept trajectories carry answers) join the pool's default hidden paths when they
-  exist; a directory holding the Python runtime is never hidden (sessions need it).
+  The packaged Eval1 sample's directory (`biomni_jax/env/data`, answers included; already inside the
+  hidden checkout or package directory, named anyway so that it stays hidden whatever the default)
+  and the output file's directory (kept trajectories carry answers) join the pool's default hidden
+  paths when they exist; a directory holding the Python runtime is never hidden (sessions need it).
   Tool modules are preloaded so that opening a session costs no import time.
   """
   from biomni_jax.env.sandbox import SandboxPool
   from biomni_jax.env.sandbox.pool import default_hidden_paths
 
   hidden = list(default_hidden_paths())
-  shared_data = os.path.join(os.path.dirname(hidden[0]), "shared", "data")
-  candidates = [shared_data, *extra_hidden]
+  candidates = [str(eval1.sample_path().parent), *extra_hidden]
   if out_path is not None:
     candidates.append(os.path.dirname(os.path.abspath(out_path)))
   runtime = [

@@ -358,15 +358,14 @@ def test_bad_arguments_are_named(pool, tmp_path):
     rs.load_finished(bad)
 
 
-def test_sessions_cannot_read_the_shared_answers_or_the_output_dir(pool, tmp_path_factory):
-  from biomni_jax.env.sandbox.pool import default_hidden_paths
+def test_sessions_cannot_read_the_packaged_eval1_answers(pool):
+  from biomni_jax.env.eval1 import sample_path
 
-  shared = os.path.join(os.path.dirname(default_hidden_paths()[0]), "shared", "data")
-  if not os.path.isdir(shared) or not os.listdir(shared):
-    pytest.skip("no shared data dir on this machine")
+  data_dir = str(sample_path().parent)
+  assert "eval1_sample_50.jsonl" in os.listdir(data_dir)  # visible here, hidden in the session
   if os.geteuid() != 0:
     pytest.skip("path hiding needs the sandbox's mount namespaces (root)")
-  probe = f"import os\ntry:\n    print(sorted(os.listdir({shared!r})))\nexcept OSError as e:\n    print('denied', e)"
+  probe = f"import os\ntry:\n    print(sorted(os.listdir({data_dir!r})))\nexcept OSError as e:\n    print('denied', e)"
   with pool.open(tools=[]) as session:
     output = session.run(probe, timeout_s=30).output
   assert output.startswith("denied") or output.strip() == "[]", output

@@ -2,7 +2,6 @@
 
 import json
 import sys
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,14 +11,7 @@ from biomni_jax.env import eval1
 from biomni_jax.env.eval1 import Eval1FormatError, format_answer, grade, grade_response
 from biomni_jax.env.protocol import ProtocolConfig
 
-SAMPLE = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared"
-    / "data"
-    / "eval1_sample"
-    / "eval1_sample_50.jsonl"
-)
-needs_sample = pytest.mark.skipif(not SAMPLE.exists(), reason=f"Eval1 sample not found at {SAMPLE}")
+SAMPLE = eval1.sample_path()  # the 50 real rows shipped with the package
 
 GOOD = {
     "instance_id": 1,
@@ -41,19 +33,15 @@ def write_jsonl(path, records):
 
 @pytest.fixture(scope="module")
 def sample_rows():
-  if not SAMPLE.exists():
-    pytest.skip(f"Eval1 sample not found at {SAMPLE}")
   return eval1.load(SAMPLE)
 
 
-@needs_sample
 def test_sample_loads_with_all_ten_tasks(sample_rows):
   assert len(sample_rows) == 50
   assert sorted({r.task_name for r in sample_rows}) == sorted(eval1.TASK_NAMES)
   assert all(isinstance(r.instance_id, int) and isinstance(r.answer, str) for r in sample_rows)
 
 
-@needs_sample
 def test_every_sample_row_scores_one_with_its_own_answer(sample_rows):
   for row in sample_rows:
     written = format_answer(row.task_name, row.answer)
@@ -62,7 +50,6 @@ def test_every_sample_row_scores_one_with_its_own_answer(sample_rows):
     assert grade_response(row.task_name, reply, row.answer) == 1.0, (row.task_name, reply)
 
 
-@needs_sample
 def test_every_sample_row_scores_zero_with_another_answer_of_its_task(sample_rows):
   by_task = {}
   for row in sample_rows:
@@ -81,7 +68,6 @@ def test_every_sample_row_scores_zero_with_another_answer_of_its_task(sample_row
       assert grade_response(task, reply, row.answer) == 0.0
 
 
-@needs_sample
 def test_sample_patient_gene_truth_is_bare_id_and_prompt_asks_for_dict(sample_rows):
   rows = [r for r in sample_rows if r.task_name == "patient_gene_detection"]
   assert rows and all(r.answer.startswith("ENSG") for r in rows)
@@ -348,7 +334,6 @@ def test_tfds_builder_roundtrip_from_jsonl(tmp_path):
   assert "tensorflow" not in sys.modules, "building and reading Eval1 must not import TensorFlow"
 
 
-@needs_sample
 def test_tfds_builder_roundtrip_of_the_real_sample(tmp_path, sample_rows):
   from biomni_jax.env import eval1_tfds
 

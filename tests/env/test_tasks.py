@@ -3,7 +3,6 @@
 import json
 import re
 import time
-from pathlib import Path
 
 import pytest
 from Bio import Restriction
@@ -15,13 +14,7 @@ from biomni_jax.env.knowledge import get_knowledge_base
 from biomni_jax.env.tasks import SPLITS, family_names, get_family, inputs_note, sandbox_setup_code, split_of
 
 EMBEDDED = ["locus_causal_gene", "patient_gene_detection", "rare_disease_diagnosis", "sequence_qa"]
-SAMPLE = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared"
-    / "data"
-    / "eval1_sample"
-    / "eval1_sample_50.jsonl"
-)
+SAMPLE = eval1.sample_path()  # the 50 real Eval1 rows shipped with the package
 
 
 def test_registry_lists_the_families_and_rejects_unknown_names():
@@ -87,7 +80,6 @@ def _prompt_skeleton(prompt):
   return re.sub(r"(HP:\d{7}(, )?)+", "<HPO>", re.sub(r"ENSG\d{11}", "<ENSG>", prompt))
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="Eval1 sample not available")
 @pytest.mark.parametrize("name", ["rare_disease_diagnosis", "patient_gene_detection"])
 def test_prompts_match_eval1_rows_exactly_apart_from_the_ids_and_the_inputs_note(name):
   rows = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
