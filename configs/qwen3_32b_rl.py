@@ -1,6 +1,6 @@
 """Biomni-R0 phase 2 for Qwen3-32B: multi-turn GRPO-family RL from the SFT checkpoint.
 
-Recipe (REFERENCE.md section 1): Dr.GRPO (A = R - group mean), G = 8 trajectories per task, 64 tasks per
+Recipe (docs/recipe.md section 1.2): Dr.GRPO (A = R - group mean), G = 8 trajectories per task, 64 tasks per
 rollout batch, 8 optimizer steps per rollout batch (mini-batches of 64 trajectories), lr 1e-6 constant,
 AdamW (0.9, 0.999) wd 0.01, grad clip 1.0, PPO clip 0.2 / 0.28 with dual-clip 3, no KL or entropy term,
 seq-mean-token-mean; sampling temperature 0.6, top_p 0.95; at most 48 turns, 49,152 context tokens per

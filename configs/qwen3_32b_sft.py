@@ -1,6 +1,6 @@
 """Biomni-R0 phase 1 for Qwen3-32B: full-parameter SFT on rejection-sampled teacher trajectories.
 
-Recipe (REFERENCE.md section 1): ~834 trajectories (best of 8 teacher rollouts per training task),
+Recipe (docs/recipe.md section 1.1): ~834 trajectories (best of 8 teacher rollouts per training task),
 4 epochs, batch 16, lr 1e-5, contexts to 53,248 tokens (the 32B run capped total positions at 53,248).
 Layout: v5p-128 (64 chips): 16-way FSDP x 4-way context parallelism (13,312 tokens per chip), full remat.
 

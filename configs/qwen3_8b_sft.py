@@ -1,6 +1,6 @@
 """Biomni-R0 phase 1 for Qwen3-8B: full-parameter SFT on rejection-sampled teacher trajectories.
 
-Recipe (REFERENCE.md section 1): ~834 trajectories (best of 8 teacher rollouts per training task),
+Recipe (docs/recipe.md section 1.1): ~834 trajectories (best of 8 teacher rollouts per training task),
 4 epochs, batch 16, lr 1e-5, contexts to 65,536 tokens via YaRN factor 2 over 32,768.
 Layout: v5p-32 (16 chips): 16-way FSDP, one 64k-token sequence per chip, splash attention, full remat.
 

@@ -16,7 +16,7 @@ system is marked '*' (ties mark all); "tasks won" counts the rows a system is be
 so they compete only in those rows; their "average" row is the published average, ours is the unweighted
 mean over the tasks evaluated (with the count when fewer than all 10).
 
-Published numbers (REFERENCE.md section 1): Biomni-R0-32B average 0.669, Biomni-R0-8B 0.588, the Qwen3 base
+Published numbers (docs/recipe.md section 1.1): Biomni-R0-32B average 0.669, Biomni-R0-8B 0.588, the Qwen3 base
 model about 0.35; rare disease diagnosis 0.67 (R0) vs 0.03 (base); GWAS variant prioritization 0.74 (R0) vs
 0.16 (base); an independent re-run without the paid web-search tool: R0-32B 0.445, Qwen3-32B 0.221.
 """

@@ -18,7 +18,7 @@ recorded and run again on restart; a fatal teacher error (bad key, unknown model
 
 Rollouts of all pending tasks share one thread pool of `concurrency` workers; the session pool
 (SandboxPool) bounds how many sessions exist at once. `answer_hiding_pool` builds a pool that also
-hides the directories holding answers (the packaged Eval1 rows and the output dir) from session code.
+hides the directories holding answers (the packaged Eval1 rows, the output dir) from session code.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def answer_hiding_pool(
     extra_hidden: Sequence[str] = (),
     **pool_kwargs,
 ):
-  """A SandboxPool whose sessions cannot read the project, the packaged Eval1 rows, or the output dir.
+  """A SandboxPool whose sessions cannot read the project, the packaged Eval1 rows or the output.
 
   The packaged Eval1 sample's directory (`biomni_jax/env/data`, answers included; already inside the
   hidden checkout or package directory, named anyway so that it stays hidden whatever the default)

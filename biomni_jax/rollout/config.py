@@ -9,7 +9,7 @@ ERROR_POLICIES = ("exclude", "zero_reward")
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-  """Settings of the rollout pool; defaults are the 8B recipe's (REFERENCE.md section 1).
+  """Settings of the rollout pool; defaults are the 8B recipe's (docs/recipe.md section 1.2).
 
   group_size: G, trajectories per task instance (one Group).
   groups_per_batch: B, groups the trainer takes per optimizer phase (admission paces in units of B).

@@ -34,7 +34,7 @@ from typing import Any, Optional
 from absl import app, flags, logging
 
 EXIT_BAD_INPUT = 2
-GENERATION_DEFAULTS = {"temperature": 0.6, "top_p": 0.95}  # the recipe's sampling (REFERENCE.md)
+GENERATION_DEFAULTS = {"temperature": 0.6, "top_p": 0.95}  # sampling: docs/recipe.md section 1.2
 DTYPES = ("float32", "bfloat16")
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"  # train/sft.py and train/rl.py both use it

@@ -17,7 +17,7 @@ Row fields (numpy, [R, L]; R a multiple of `rows_multiple_of`, L = `row_length`)
   advantages                               float32  A of the trajectory on its mask, 0 elsewhere
 
 Every trajectory counts in its group's mean reward; a trajectory flagged `overlong_and_malformed`
-(longer than the overlong threshold with format reward 0, REFERENCE.md section 1) gets an all-zero
+(longer than the overlong threshold with format reward 0, docs/recipe.md section 1.2) gets an all-zero
 loss mask, so it adds neither loss nor a sequence to the seq-mean denominators.
 """
 

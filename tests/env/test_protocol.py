@@ -129,7 +129,7 @@ def test_observation_limit_is_configurable():
 
 
 # ----------------------------------------------------------------------------- format reward
-# One test per rule of REFERENCE.md section 1 "Reward".
+# One test per rule of docs/recipe.md section 1.3 "The reward".
 
 
 def test_format_valid_trajectory_scores_one():
