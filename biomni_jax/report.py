@@ -1,118 +1,314 @@
-"""report.html of a pipeline workdir: loss and reward curves (inline SVG), the per-task table, sample episodes.
+"""report.html of a pipeline workdir: the per-task table and its bar chart, loss and reward curves, sample
+episodes.
 
     write_report(workdir) -> workdir/report.html
 
 Reads workdir/sft/metrics.jsonl (loss, eval_loss), workdir/rl/metrics.jsonl (reward, success, loss),
 workdir/eval.json (per task: base, sft, rl) and workdir/eval/<system>/trajectories.jsonl. A missing input
-leaves its section saying so. The page is self-contained (no scripts, no external files).
+leaves its section with a note saying what is missing. The page is self-contained (no scripts, no external
+files): each chart is a matplotlib figure written as SVG text (text kept as <text>, nothing rasterized) and
+inlined into the HTML. The same inputs give the same bytes (fixed svg.hashsalt, no date in the metadata).
+
+`chart_data` is the pure part: run metrics -> the series each chart plots; `render_svg` draws one chart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import io
 import json
+import math
 import os
-from typing import Mapping, Sequence
+import re
+from typing import Mapping, Optional, Sequence, Union
 
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+import matplotlib
+from matplotlib.backends.backend_svg import FigureCanvasSVG
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from biomni_jax.eval import table
+from biomni_jax.train.metrics import read_jsonl_metrics
+
+LINE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
 SYSTEM_LABELS = {"base": "base (untrained)", "sft": "after SFT", "rl": "after RL"}
+SYSTEM_COLORS = {"base": "#8c8c8c", "sft": "#ff7f0e", "rl": "#2ca02c"}
+AVERAGE = "average"
+MAX_MARKED_POINTS = 60  # longer curves are drawn as lines only: a dot per step would hide the trend
+PANEL_SIZE = (4.6, 2.9)  # inches (SVG user units are points: 72 per inch)
+SVG_RC = {
+    "svg.hashsalt": "biomni_jax.report",  # clip-path and marker ids from content, not from uuid4
+    "svg.fonttype": "none",  # text as <text>, not glyph paths: smaller and searchable
+    # matplotlib ships DejaVu Sans (the layout is measured with it); a short list keeps each <text> short
+    "font.sans-serif": ["DejaVu Sans", "Arial"],
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+# No timestamp or version string: the same input gives the same bytes.
+SVG_METADATA = {"Date": None, "Creator": None}
+
+Points = list[tuple[float, float]]
+
+
+# ------------------------------------------------------------------------------------------- the data
 
 
 def read_metrics(path: str) -> list[dict]:
-  """Rows of a MetricsWriter jsonl (each with "step"); a later row for the same step replaces an earlier one."""
+  """Rows of a MetricsWriter jsonl (each with "step"), ascending by step; a later row for the same step
+  replaces an earlier one. A missing file gives []; a row without "step" is an error naming the file.
+  """
   if not os.path.isfile(path):
     return []
   by_step = {}
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        row = json.loads(line)
-        by_step[int(row["step"])] = row
+  for i, row in enumerate(read_jsonl_metrics(path), start=1):
+    if not isinstance(row, dict) or "step" not in row:
+      raise ValueError(f"{path}: record {i} has no 'step': {str(row)[:80]!r}")
+    by_step[int(row["step"])] = row
   return [by_step[s] for s in sorted(by_step)]
 
 
-def series(rows: Sequence[dict], key: str) -> list[tuple[float, float]]:
-  return [(float(r["step"]), float(r[key])) for r in rows if key in r and r[key] is not None]
+def series(rows: Sequence[dict], key: str) -> Points:
+  """[(step, rows[i][key])] over the rows that have a finite value for key (the writer logs NaN as null)."""
+  out = []
+  for r in rows:
+    value = r.get(key)
+    if value is not None and math.isfinite(float(value)):
+      out.append((float(r["step"]), float(value)))
+  return out
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-  if hi <= lo:
-    return [lo]
-  return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+@dataclasses.dataclass(frozen=True)
+class LinePanel:
+  """One axes of curves: legend label -> [(x, y)] with x ascending."""
+
+  title: str
+  xlabel: str
+  ylabel: str
+  lines: dict[str, Points]
+
+  def has_data(self) -> bool:
+    return any(self.lines.values())
 
 
-def svg_line_chart(
-    lines: Mapping[str, Sequence[tuple[float, float]]],
-    title: str,
-    xlabel: str,
-    width: int = 460,
-    height: int = 260,
-) -> str:
-  """An SVG chart of named (x, y) series: axes with 5 ticks each, a polyline and dots per series, a legend.
+@dataclasses.dataclass(frozen=True)
+class BarPanel:
+  """One axes of grouped bars: one group per category, one bar per system (None: the system lacks it).
 
-  Coordinates: x in [min x, max x] -> [left, width - right]; y in [min y, max y] -> [height - bottom, top]
-  with margins left 52, right 12, top 44 (title and legend), bottom 40.
+  bars: system key ("base", "sft", "rl") -> heights, len(heights) == len(categories).
   """
-  points = [p for pts in lines.values() for p in pts]
-  left, right, top, bottom = 52, 12, 44, 40
-  out = [
-      f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
-      f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
-      f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">'
-      f"{html.escape(title)}</text>",
+
+  title: str
+  ylabel: str
+  categories: list[str]
+  bars: dict[str, list[Optional[float]]]
+
+  def has_data(self) -> bool:
+    return any(h is not None for heights in self.bars.values() for h in heights)
+
+
+Panel = Union[LinePanel, BarPanel]
+
+
+@dataclasses.dataclass(frozen=True)
+class Chart:
+  """One figure (one <svg>): panels side by side; `missing` is the note shown when none has data."""
+
+  name: str
+  panels: list[Panel]
+  missing: str
+
+  def has_data(self) -> bool:
+    return any(p.has_data() for p in self.panels)
+
+
+def _score(row: Mapping, system: str) -> Optional[float]:
+  value = row.get(system)
+  return None if value is None or math.isnan(float(value)) else float(value)
+
+
+def eval_scores(result: Mapping) -> dict[str, dict[str, float]]:
+  """eval.json -> {system: {task: mean score}} for the systems in result["average"], in that order."""
+  return {
+      s: {t: row[s] for t, row in result.get("tasks", {}).items() if _score(row, s) is not None}
+      for s in result.get("average", {})
+  }
+
+
+def held_out_bars(result: Optional[Mapping]) -> BarPanel:
+  """The held-out table as bars: categories = the table's task rows, then "average" (the unweighted mean
+  over a system's tasks, as eval.json and the table have it); one bar series per evaluated system.
+  """
+  result = result or {}
+  scores = eval_scores(result)
+  tasks = table.task_rows(scores)
+  bars = {}
+  for system in scores:
+    heights = [_score(result["tasks"][t], system) for t in tasks]
+    heights.append(_score(result.get("average", {}), system) if tasks else None)
+    bars[system] = heights
+  return BarPanel(
+      title="Held-out success per task",
+      ylabel="mean official score",
+      categories=tasks + [AVERAGE] if tasks else [],
+      bars=bars,
+  )
+
+
+def chart_data(
+    sft_rows: Sequence[dict], rl_rows: Sequence[dict], eval_result: Optional[Mapping]
+) -> list[Chart]:
+  """The three charts of the report and the series each plots.
+
+  sft: train loss and held-out loss (eval_loss) vs SFT step.
+  rl: mean reward and success rate of each rollout batch vs RL step | the policy loss vs RL step.
+  eval: held-out mean score per task and on average, one bar per system (see held_out_bars).
+  """
+  return [
+      Chart(
+          "eval",
+          [held_out_bars(eval_result)],
+          "No held-out scores: eval.json has no per-task results.",
+      ),
+      Chart(
+          "sft",
+          [
+              LinePanel(
+                  "SFT loss",
+                  "SFT step",
+                  "loss",
+                  {
+                      "train loss": series(sft_rows, "loss"),
+                      "held-out loss": series(sft_rows, "eval_loss"),
+                  },
+              )
+          ],
+          "No SFT curves: sft/metrics.jsonl is missing or has no loss (the sft stage has not run).",
+      ),
+      Chart(
+          "rl",
+          [
+              LinePanel(
+                  "RL reward and success (rollout batches)",
+                  "RL step",
+                  "batch mean",
+                  {"reward": series(rl_rows, "reward"), "success": series(rl_rows, "success")},
+              ),
+              LinePanel(
+                  "RL policy loss", "RL step", "loss", {"policy loss": series(rl_rows, "loss")}
+              ),
+          ],
+          "No RL curves: rl/metrics.jsonl is missing or empty (the rl stage has not run or was skipped).",
+      ),
   ]
-  if not points:
-    out.append(
-        f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="12">no data</text></svg>'
+
+
+# ------------------------------------------------------------------------------------------- drawing
+
+
+def _draw_lines(ax, panel: LinePanel, panel_index: int) -> None:
+  for i, (label, points) in enumerate(panel.lines.items()):
+    if not points:
+      continue
+    xs, ys = zip(*points)
+    marker = "o" if len(points) <= MAX_MARKED_POINTS else None
+    (line,) = ax.plot(
+        xs, ys, color=LINE_COLORS[i % len(LINE_COLORS)], lw=1.5, marker=marker, ms=3, label=label
     )
-    return "\n".join(out)
-  x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-  y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
-  if x1 == x0:
-    x0, x1 = x0 - 1, x1 + 1
-  if y1 == y0:
-    y0, y1 = y0 - 0.5, y1 + 0.5
+    line.set_gid(f"series-{panel_index}-{i}")  # one <g id=...> per plotted series
+  ax.set_xlabel(panel.xlabel)
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
-  def sx(x):
-    return left + (x - x0) / (x1 - x0) * (width - left - right)
 
-  def sy(y):
-    return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+def _draw_bars(ax, panel: BarPanel) -> None:
+  """Category k spans [k - 0.4, k + 0.4]; system i of n sits at k - 0.4 + (i + 0.5) * 0.8 / n, labelled
+  with its value (so a score of 0 is visibly there, not missing)."""
+  n = max(len(panel.bars), 1)
+  width = 0.8 / n
+  for i, (system, heights) in enumerate(panel.bars.items()):
+    at = [(k, h) for k, h in enumerate(heights) if h is not None]
+    if not at:
+      continue
+    xs = [k - 0.4 + width * (i + 0.5) for k, _ in at]
+    bars = ax.bar(
+        xs,
+        [h for _, h in at],
+        width,
+        color=SYSTEM_COLORS.get(system, LINE_COLORS[i % len(LINE_COLORS)]),
+        label=SYSTEM_LABELS.get(system, system),
+    )
+    for (k, _), bar in zip(at, bars):
+      bar.set_gid(f"series-{i}-bar-{k}")  # one <g id=...> per (system, category) bar
+    ax.bar_label(bars, fmt="%.2f", fontsize=6 if len(panel.categories) > 6 else 7, padding=1)
+  ax.set_xticks(range(len(panel.categories)), panel.categories, rotation=25, ha="right")
+  top = max(h for heights in panel.bars.values() for h in heights if h is not None)
+  ax.set_ylim(0, 1.1 if top <= 1 else top * 1.1)  # scores live in [0, 1]: keep that scale
 
-  out.append(
-      f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
-      f'fill="none" stroke="#999"/>'
+
+def _scope_ids(svg: str, prefix: str) -> str:
+  """Prefix every id and every reference to one: the report inlines several figures into one document,
+  and matplotlib numbers each figure's groups from 1 (figure_1, axes_1, ...) and names defs by content.
+  """
+  svg = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', svg)
+  svg = re.sub(r'xlink:href="#([^"]+)"', rf'xlink:href="#{prefix}-\1"', svg)
+  return re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", svg)
+
+
+def _figure_size(chart: Chart) -> tuple[float, float]:
+  """(width, height) in inches: a panel per curve chart; bars get two panels' width (up to ~11 groups of
+  three) and room below for the slanted task names."""
+  if any(isinstance(p, BarPanel) for p in chart.panels):
+    return 2 * PANEL_SIZE[0], PANEL_SIZE[1] + 0.5
+  return len(chart.panels) * PANEL_SIZE[0], PANEL_SIZE[1]
+
+
+def render_svg(chart: Chart) -> str:
+  """The chart as an <svg> element (no XML prolog), ready to inline into HTML.
+
+  A Figure of its own with an SVG canvas (no pyplot, so nothing is left behind between calls); the rc
+  settings apply only inside the rc_context, which covers drawing and writing.
+  """
+  with matplotlib.rc_context(SVG_RC):
+    fig = Figure(figsize=_figure_size(chart))
+    FigureCanvasSVG(fig)
+    axes = fig.subplots(1, len(chart.panels), squeeze=False)[0]
+    for k, (ax, panel) in enumerate(zip(axes, chart.panels)):
+      ax.set_title(panel.title)
+      ax.set_ylabel(panel.ylabel)
+      if not panel.has_data():
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        continue
+      if isinstance(panel, BarPanel):
+        _draw_bars(ax, panel)
+      else:
+        _draw_lines(ax, panel, k)
+      ax.grid(axis="y", color="#e5e5e5", lw=0.6)
+      ax.set_axisbelow(True)
+      if isinstance(panel, BarPanel):  # beside the axes: bars of score 1 reach the top
+        ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+      else:
+        ax.legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    out = io.StringIO()
+    fig.savefig(out, format="svg", metadata=SVG_METADATA)
+  text = _scope_ids(out.getvalue(), chart.name)
+  text = text[text.index("<svg") :].strip()
+  label = html.escape(" | ".join(p.title for p in chart.panels), quote=True)
+  return text.replace(
+      "<svg ", f'<svg class="chart" id="chart-{chart.name}" role="img" aria-label="{label}" ', 1
   )
-  for y in _ticks(y0, y1):
-    out.append(
-        f'<line x1="{left - 4}" x2="{left}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#999"/>'
-        f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" font-size="10">{y:.3g}</text>'
-    )
-  for x in _ticks(x0, x1):
-    out.append(
-        f'<text x="{sx(x):.1f}" y="{height - bottom + 14}" text-anchor="middle" font-size="10">'
-        f"{x:.4g}</text>"
-    )
-  out.append(
-      f'<text x="{left + (width - left - right) / 2}" y="{height - 8}" text-anchor="middle" '
-      f'font-size="11">{html.escape(xlabel)}</text>'
-  )
-  legend_x = left
-  for i, (name, pts) in enumerate(lines.items()):
-    color = COLORS[i % len(COLORS)]
-    coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-    if len(pts) > 1:
-      out.append(
-          f'<polyline class="series" fill="none" stroke="{color}" stroke-width="1.5" points="{coords}"/>'
-      )
-    out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2" fill="{color}"/>' for x, y in pts]
-    out.append(
-        f'<rect x="{legend_x}" y="{top - 15}" width="10" height="3" fill="{color}"/>'
-        f'<text x="{legend_x + 14}" y="{top - 10}" font-size="11" fill="{color}">{html.escape(name)}</text>'
-    )
-    legend_x += 24 + 6.5 * len(name)  # legend entries side by side above the plot
-  out.append("</svg>")
-  return "\n".join(out)
+
+
+def chart_html(chart: Chart) -> str:
+  """An inline <svg> of the chart, or a note when it has nothing to plot."""
+  if not chart.has_data():
+    return f'<p class="note">{html.escape(chart.missing)}</p>'
+  return render_svg(chart)
+
+
+# ------------------------------------------------------------------------------------------- the page
 
 
 def render_messages(messages: Sequence[dict]) -> str:
@@ -141,20 +337,31 @@ def _samples(path: str, per_task: int = 1) -> list[dict]:
   return [r for rows_ in picked.values() for r in rows_]
 
 
-def eval_section(result: dict) -> str:
-  from biomni_jax.eval import table
-
-  scores = {
-      SYSTEM_LABELS.get(s, s): {t: row[s] for t, row in result["tasks"].items() if s in row}
-      for s in result.get("average", {})
-  }
+def eval_section(result: Mapping) -> str:
+  """The held-out table (eval/table.py): a row per task, a column per system, best cells marked."""
+  scores = {SYSTEM_LABELS.get(s, s): v for s, v in eval_scores(result).items()}
   return table.html_table(scores)
+
+
+def read_eval(path: str) -> Optional[dict]:
+  """eval.json, or None when it is not written yet."""
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    try:
+      result = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(result, dict):
+    raise ValueError(f"{path}: expected a JSON object, found {type(result).__name__}")
+  return result
 
 
 STYLE = """
 body { font-family: sans-serif; margin: 24px; max-width: 1100px; color: #222; }
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 28px; border-bottom: 1px solid #ddd; }
-.charts { display: flex; flex-wrap: wrap; gap: 16px; }
+.charts { display: flex; flex-wrap: wrap; gap: 16px; } svg.chart { max-width: 100%; height: auto; }
+p.note { color: #8a5a00; font-style: italic; }
 table.scores { border-collapse: collapse; } table.scores td, table.scores th { border: 1px solid #ccc;
   padding: 4px 10px; text-align: right; } table.scores th:first-child { text-align: left; }
 td.best { background: #e6f4e6; }
@@ -166,55 +373,29 @@ details { margin: 8px 0; border: 1px solid #ddd; padding: 6px; } summary { curso
 """
 
 
-def build_report(workdir: str) -> str:
-  """The report's HTML text (see the module docstring)."""
-  sft = read_metrics(os.path.join(workdir, "sft", "metrics.jsonl"))
-  rl = read_metrics(os.path.join(workdir, "rl", "metrics.jsonl"))
-  charts = [
-      svg_line_chart(
-          {"train loss": series(sft, "loss"), "held-out loss": series(sft, "eval_loss")},
-          "SFT loss",
-          "step",
-      ),
-      svg_line_chart(
-          {"reward": series(rl, "reward"), "success": series(rl, "success")},
-          "RL reward and success (rollout batches)",
-          "RL step",
-      ),
-      svg_line_chart({"policy loss": series(rl, "loss")}, "RL policy loss", "RL step"),
-  ]
-  parts = [
-      f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>biomni_jax report</title>"
-      f"<style>{STYLE}</style></head><body>",
-      "<h1>biomni_jax pipeline report</h1>",
-      f"<p>workdir: <code>{html.escape(os.path.abspath(workdir))}</code></p>",
-  ]
-  eval_path = os.path.join(workdir, "eval.json")
-  parts.append("<h2>Held-out success per task</h2>")
-  if os.path.isfile(eval_path):
-    with open(eval_path) as f:
-      result = json.load(f)
-    parts.append(
+def _held_out_section(result: Optional[dict], chart: Chart) -> list[str]:
+  parts = ["<h2>Held-out success per task</h2>"]
+  if result is None:
+    return parts + ['<p class="note">eval.json not written yet.</p>']
+  if chart.has_data():
+    parts += [
         "<p>Mean official score over held-out episodes per task; the best system per task in bold; "
-        "average = unweighted mean over tasks.</p>"
-    )
-    parts.append(eval_section(result))
-  else:
-    parts.append("<p>eval.json not written yet.</p>")
-  timings = result.get("stage_seconds", {}) if os.path.isfile(eval_path) else {}
+        "average = unweighted mean over tasks.</p>",
+        eval_section(result),
+    ]
+  parts.append(chart_html(chart))
+  timings = result.get("stage_seconds", {})
   if timings:
     rows = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{'-' if v is None else f'{v:.0f} s'}</td></tr>"
         for k, v in timings.items()
     )
     parts.append(f'<h2>Stages</h2><table class="scores">{rows}</table>')
-  parts += [
-      "<h2>Curves</h2>",
-      '<div class="charts">',
-      *charts,
-      "</div>",
-      "<h2>Sample episodes</h2>",
-  ]
+  return parts
+
+
+def _episodes_section(workdir: str) -> list[str]:
+  parts = ["<h2>Sample episodes</h2>"]
   for system in ("rl", "sft", "base"):
     samples = _samples(os.path.join(workdir, "eval", system, "trajectories.jsonl"))
     if not samples:
@@ -229,7 +410,35 @@ def build_report(workdir: str) -> str:
           f"<details{' open' if system == 'rl' else ''}><summary>{html.escape(label)}</summary>"
           f"{render_messages(r['messages'])}</details>"
       )
-  parts.append("</body></html>")
+  if len(parts) == 1:
+    parts.append(
+        '<p class="note">No evaluation episodes yet (eval/&lt;system&gt;/trajectories.jsonl).</p>'
+    )
+  return parts
+
+
+def build_report(workdir: str) -> str:
+  """The report's HTML text (see the module docstring)."""
+  result = read_eval(os.path.join(workdir, "eval.json"))
+  held_out, sft_chart, rl_chart = chart_data(
+      read_metrics(os.path.join(workdir, "sft", "metrics.jsonl")),
+      read_metrics(os.path.join(workdir, "rl", "metrics.jsonl")),
+      result,
+  )
+  parts = [
+      f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>biomni_jax report</title>"
+      f"<style>{STYLE}</style></head><body>",
+      "<h1>biomni_jax pipeline report</h1>",
+      f"<p>workdir: <code>{html.escape(os.path.abspath(workdir))}</code></p>",
+      *_held_out_section(result, held_out),
+      "<h2>Curves</h2>",
+      '<div class="charts">',
+      chart_html(sft_chart),
+      chart_html(rl_chart),
+      "</div>",
+      *_episodes_section(workdir),
+      "</body></html>",
+  ]
   return "\n".join(parts)
 
 
