@@ -11,7 +11,8 @@ lists them with defaults = the Biomni-R0 RL recipe):
   final_lr_fraction   end of the cosine as a fraction of lr (float in [0, 1])
   b1, b2, eps      Adam moments and epsilon
   weight_decay     decoupled weight decay (AdamW), multiplied by the current lr
-  decay_1d_params  False (default): no weight decay on 1-D params (norm scales, biases)
+  decay_1d_params  False (default): no weight decay on norm scales, biases and other params of
+                   rank < 2 (see weight_decay_mask); True decays every param
   grad_clip        max global gradient norm; 0 or None disables clipping
 
 Update, per step k with gradient g:  g <- g * min(1, grad_clip / ||g||_2);
@@ -94,9 +95,47 @@ def make_schedule(cfg: Mapping[str, Any]) -> optax.Schedule:
   )
 
 
+# A param is a norm scale or a bias when its leaf is named like one, or when a module on its path is a
+# norm (input_layernorm, post_attention_layernorm, q_norm, k_norm, the final norm): under nn.scan such
+# params are [layers, D], so their rank does not tell them from matrices.
+_NO_DECAY_LEAF_NAMES = ("scale", "bias")
+
+
+def _path_names(path) -> list[str]:
+  """The key names of a pytree path (dict keys, attribute names, sequence indices) as strings."""
+  names = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        names.append(str(getattr(key, attr)))
+        break
+    else:
+      names.append(str(key))
+  return names
+
+
+def is_decayed(path, param) -> bool:
+  """True when weight decay applies to the param at ``path`` (a jax pytree key path).
+
+  Decayed: matrices and embeddings (kernels, embedding tables, lm_head). Not decayed: norm scales
+  and biases (by name, whatever their rank) and any param of rank < 2.
+  """
+  names = [n.lower() for n in _path_names(path)]
+  if getattr(param, "ndim", 0) < 2:
+    return False
+  if names and names[-1] in _NO_DECAY_LEAF_NAMES:
+    return False
+  return not any(n.endswith("norm") for n in names)
+
+
 def weight_decay_mask(params: Any) -> Any:
-  """Pytree of bools like ``params``: True where weight decay applies (ndim >= 2)."""
-  return jax.tree.map(lambda p: getattr(p, "ndim", 0) >= 2, params)
+  """Pytree of bools like ``params``: True where weight decay applies (see ``is_decayed``).
+
+  Decided by each param's path, so it works on any params or updates tree of the model (the optax
+  mask is evaluated on the updates) without the model config; for the model's params it agrees with
+  the logical axes (a norm scale has the logical axis "norm").
+  """
+  return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
 def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformation:

@@ -7,7 +7,9 @@ import pytest
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
+from biomni_jax import model as M
 from biomni_jax.train import optimizer as opt_lib
 
 
@@ -96,11 +98,74 @@ def test_matches_numpy_adamw_with_clipping_and_decay_mask(decay_1d, grad_clip):
   assert sum(float((g**2).sum()) for g in grads_seq[0].values()) > 1.0
 
 
-def test_weight_decay_mask_skips_1d_params():
+def test_weight_decay_mask_skips_1d_params_and_named_norms_and_biases():
   mask = opt_lib.weight_decay_mask(
-      {"a": jnp.zeros((2, 2)), "b": jnp.zeros(3), "c": jnp.zeros((1, 2, 3))}
+      {
+          "a": jnp.zeros((2, 2)),
+          "b": jnp.zeros(3),
+          "c": jnp.zeros((1, 2, 3)),
+          "block": {"ln": {"scale": jnp.zeros((4, 3))}, "proj": {"bias": jnp.zeros((4, 3))}},
+          "final_norm": {"weight": jnp.zeros((4, 3))},
+      }
   )
-  assert mask == {"a": True, "b": False, "c": True}
+  assert mask == {
+      "a": True,
+      "b": False,
+      "c": True,
+      "block": {"ln": {"scale": False}, "proj": {"bias": False}},
+      "final_norm": {"weight": False},
+  }
+
+
+# The model's param tree, stacked over layers by nn.scan: every per-layer norm scale is
+# [layers, D], so a rule by rank alone decays it.
+MODEL_CONFIG = M.get_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def model_params():
+  return jax.device_get(M.init_params(MODEL_CONFIG, jax.random.key(0)))
+
+
+def _by_path(tree, is_leaf=None):
+  flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+  return {jax.tree_util.keystr(path): leaf for path, leaf in flat}
+
+
+def test_weight_decay_mask_on_the_scanned_model_exempts_every_norm_scale(model_params):
+  mask = _by_path(opt_lib.weight_decay_mask(model_params))
+  # The role as the model declares it: a norm scale has the logical axis "norm".
+  axes = _by_path(M.param_logical_axes(MODEL_CONFIG), is_leaf=lambda x: isinstance(x, tuple))
+  shapes = {k: v.shape for k, v in _by_path(model_params).items()}
+  assert set(mask) == set(axes) == set(shapes)
+  norms = {k for k, a in axes.items() if "norm" in a}
+  for name in ("input_layernorm", "post_attention_layernorm", "q_norm", "k_norm"):
+    key = next(k for k in norms if f"['{name}']" in k)
+    assert len(shapes[key]) == 2, (key, shapes[key])  # stacked: [layers, D]
+  assert "['norm']['scale']" in norms and len(norms) == 5
+  assert {k for k, decayed in mask.items() if not decayed} == norms
+  # Every matrix and embedding (embed_tokens, lm_head, all projections) is decayed.
+  assert all(mask[k] for k in shapes if k not in norms)
+  assert mask["['embed_tokens']['embedding']"] and mask["['lm_head']"]
+
+
+def test_adamw_update_leaves_norm_scales_alone_and_decays_matrices(model_params):
+  """Zero gradients: Adam's step is 0, so all that moves a param is its weight decay."""
+  lr, wd = 1e-2, 0.1
+  tx = opt_lib.make_optimizer(cfg_with(lr=lr, weight_decay=wd, grad_clip=1.0))
+  params = jax.tree.map(jnp.asarray, model_params)
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = jax.jit(tx.update)(zeros, state, params)
+  new = _by_path(jax.device_get(optax.apply_updates(params, updates)))
+  old = _by_path(model_params)
+  axes = _by_path(M.param_logical_axes(MODEL_CONFIG), is_leaf=lambda x: isinstance(x, tuple))
+  for key, a in axes.items():
+    if "norm" in a:
+      np.testing.assert_array_equal(new[key], old[key], err_msg=key)
+    else:
+      np.testing.assert_allclose(new[key], old[key] * (1 - lr * wd), rtol=1e-6, err_msg=key)
+      assert np.abs(old[key]).max() > 0, key
 
 
 def test_accepts_plain_dict_and_partial_config():
