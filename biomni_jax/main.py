@@ -55,7 +55,7 @@ def run(config, workdir: str) -> dict:
 
 def _run_rl(config, workdir: str) -> dict:
   """mode=rl (train/rl.py): the summary without the device state, with the last rollout batch's reward."""
-  from biomni_jax.train.rl import train_rl
+  from biomni_jax.train.rl_run import train_rl
 
   summary = train_rl(config, workdir)
   rewards, success = summary.pop("rewards"), summary.pop("success")

@@ -279,7 +279,7 @@ def stage_sft(config, workdir: str) -> dict:
 
 
 def stage_rl(config, workdir: str) -> dict:
-  from biomni_jax.train.rl import train_rl
+  from biomni_jax.train.rl_run import train_rl
 
   summary = train_rl(rl_config(config, workdir), os.path.join(workdir, "rl"))
   return {

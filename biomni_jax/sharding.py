@@ -41,6 +41,30 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("cache_slots", ("data", "fsdp")),
 )
 
+# The inference engine's table, for a *sampler mesh* of one host's devices (`sampler_rules`): weights are
+# whole along `embed` (no FSDP gathers per decode step) and split over `tensor` along heads, mlp and vocab;
+# the KV cache's slots split over `data`. The engine's activations keep their rows whole (a prefill chunk
+# is one row, which no axis can split), so `data` only splits the decode step's slots.
+SAMPLER_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", None),
+    ("length", None),
+    ("kv_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("embed", None),
+    ("vocab", "tensor"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    ("layers", None),
+    ("cache_slots", None),
+)
+
 
 def make_mesh(
     data: int = 1,
@@ -49,8 +73,11 @@ def make_mesh(
     sequence: int = 1,
     devices: Sequence[jax.Device] | None = None,
 ) -> Mesh:
-  """A mesh with axes (data, fsdp, tensor, sequence); one size may be -1 meaning "all remaining devices"."""
-  devices = list(jax.devices() if devices is None else devices)
+  """A mesh with axes (data, fsdp, tensor, sequence); one size may be -1 meaning "all remaining devices".
+
+  Default devices: `global_devices()`, every process's devices grouped by process, so that the leading
+  (batch) axes split across hosts and each host's rows live on its own devices."""
+  devices = list(global_devices() if devices is None else devices)
   sizes = [data, fsdp, tensor, sequence]
   if sizes.count(-1) > 1:
     raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
@@ -66,6 +93,20 @@ def make_mesh(
     )
   grid = np.asarray(devices, dtype=object).reshape(sizes)
   return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def global_devices() -> list[jax.Device]:
+  """All devices, process 0's first: one order that every process computes the same way."""
+  return sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+
+
+def sampler_rules(
+    data: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
+) -> "ShardingRules":
+  """The engine's mesh (data x tensor) over one host's devices (default: this process's) with
+  SAMPLER_RULES. One size may be -1 ("the remaining local devices")."""
+  devices = list(jax.local_devices() if devices is None else devices)
+  return ShardingRules(make_mesh(data=data, tensor=tensor, devices=devices), SAMPLER_RULES)
 
 
 @dataclasses.dataclass(frozen=True)

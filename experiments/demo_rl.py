@@ -46,7 +46,7 @@ def evaluate(
   from biomni_jax.rollout.pool import RolloutPool
   from biomni_jax.sampling import Engine
   from biomni_jax.sharding import ShardingRules, make_mesh
-  from biomni_jax.train import rl, rl_metrics
+  from biomni_jax.train import rl, rl_metrics, rl_run
 
   eval_cfg = demo_config(
       **{
@@ -58,14 +58,14 @@ def evaluate(
   )
   eval_cfg.rl.task_families = list(config.rl.task_families)
   eval_cfg.rl.rollout = config.rl.rollout
-  tasks = rl.build_tasks(eval_cfg)
+  tasks = rl_run.build_tasks(eval_cfg)
   settings = rl.RLSettings.from_config(eval_cfg)
-  rollout_cfg = rl.rollout_config(eval_cfg, settings)
+  rollout_cfg = rl_run.rollout_config(eval_cfg, settings)
   rollout_cfg = type(rollout_cfg)(**{**rollout_cfg.__dict__, "groups_per_batch": len(tasks)})
   sharding = ShardingRules(make_mesh())
   engine = Engine(
       model_cfg,
-      rl.copy_params(params),
+      params,
       sharding,
       num_slots=config.rl.engine.num_slots,
       max_len=config.rl.engine.max_len,
@@ -97,7 +97,7 @@ def main(argv):
   import ast
   import numpy as np
   from biomni_jax.sharding import ShardingRules, make_mesh
-  from biomni_jax.train import rl
+  from biomni_jax.train import rl_run
 
   overrides = {}
   for item in _OVERRIDES.value:
@@ -114,7 +114,7 @@ def main(argv):
           **overrides,
       }
   )
-  model_cfg, sft_params, tokenizer, _ = rl.load_sft_run(
+  model_cfg, sft_params, tokenizer, _ = rl_run.load_sft_run(
       base.rl.init_from_sft, ShardingRules(make_mesh())
   )
   results = {"before": [], "after": [], "rl_seconds": []}
@@ -133,7 +133,7 @@ def main(argv):
         }
     )
     t0 = time.time()
-    summary = rl.train_rl(config, os.path.join(_WORKDIR.value, f"seed{seed}"))
+    summary = rl_run.train_rl(config, os.path.join(_WORKDIR.value, f"seed{seed}"))
     results["rl_seconds"].append(time.time() - t0)
     after = evaluate(
         base,

@@ -115,7 +115,7 @@ def forward(
   hidden = hidden_states(
       config, params, tokens, positions=positions, segment_ids=segment_ids, sharding=sharding
   )
-  return project_logits(config, hidden, lm_head_weight(config, params))
+  return project_logits(config, hidden, lm_head_weight(config, params))[..., : config.vocab_size]
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None):
@@ -145,8 +145,9 @@ def forward_with_cache(
   Requires cache_lengths + T <= S (a dynamic_update_slice would otherwise clamp and corrupt the cache).
   Positions default to cache_lengths + t. Rows may carry padding after their real tokens: padding writes
   K/V beyond the row's new length, where the next call overwrites it, and no real query ever sees it.
-  `logits_index` [B] (each row's last real token) returns logits [B, V] there only, as prefill needs;
-  otherwise logits [B, T, V].
+  `logits_index` [B] (each row's last real token) returns logits [B, Vp] there only, as prefill needs;
+  otherwise logits [B, T, Vp]. Vp = config.padded_vocab_size, padded columns masked (`project_logits`):
+  the sampler works on them as they are, which keeps the vocabulary axis shardable.
   """
   tokens = jnp.asarray(tokens, jnp.int32)
   cache_lengths = jnp.asarray(cache_lengths, jnp.int32)

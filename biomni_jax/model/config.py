@@ -44,6 +44,9 @@ class ModelConfig:
   attention_block_q: int = 512
   attention_block_kv: int = 512
   logits_chunk: int = 1024  # tokens per chunk when computing log-probs / cross-entropy
+  # The embedding and LM head hold `padded_vocab_size` rows, so that they shard over any mesh axis whose
+  # size divides the multiple; the padded ids' logits are masked (never sampled, no probability mass).
+  vocab_multiple: int = 128
 
   def __post_init__(self):
     if self.num_attention_heads % self.num_key_value_heads:
@@ -53,8 +56,16 @@ class ModelConfig:
       )
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+    if self.vocab_size < 1 or self.vocab_multiple < 1:
+      raise ValueError(
+          f"vocab_size={self.vocab_size} and vocab_multiple={self.vocab_multiple} must be >= 1"
+      )
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
+
+  @property
+  def padded_vocab_size(self) -> int:
+    return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
   @property
   def compute_dtype(self):

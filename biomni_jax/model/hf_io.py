@@ -60,11 +60,33 @@ def _o_out(w, c):  # ours [H, D, E] -> HF [E, H*D]
   return w.reshape(-1, w.shape[-1]).T
 
 
+def _vocab_in(
+    w, c
+):  # HF [V, E] -> ours [Vp, E]: zero rows for the padded ids (their logits are masked)
+  if w.shape[0] != c.vocab_size:
+    raise ValueError(
+        f"expected {c.vocab_size} vocabulary rows (config vocab_size), found {w.shape[0]}"
+    )
+  return np.pad(w, ((0, c.padded_vocab_size - c.vocab_size), (0, 0)))
+
+
+def _vocab_out(w, c):  # ours [Vp, E] -> HF [V, E]
+  return w[: c.vocab_size]
+
+
+def _lm_head_in(w, c):  # HF [V, E] -> ours [E, Vp]
+  return _vocab_in(w, c).T
+
+
+def _lm_head_out(w, c):  # ours [E, Vp] -> HF [V, E]
+  return _vocab_out(w.T, c)
+
+
 _Q_HEADS = _heads_in(lambda c: c.num_attention_heads)
 _KV_HEADS = _heads_in(lambda c: c.num_key_value_heads)
 
 _KEY_MAP: tuple[_Entry, ...] = (
-    _Entry("model.embed_tokens.weight", ("embed_tokens", "embedding"), _same, _same),
+    _Entry("model.embed_tokens.weight", ("embed_tokens", "embedding"), _vocab_in, _vocab_out),
     _Entry(_LAYER + "input_layernorm.weight", ("layers", "input_layernorm", "scale"), _same, _same),
     _Entry(
         _LAYER + "self_attn.q_proj.weight",
@@ -106,7 +128,7 @@ _KEY_MAP: tuple[_Entry, ...] = (
     _Entry(_LAYER + "mlp.up_proj.weight", ("layers", "mlp", "up_proj", "kernel"), _t, _t),
     _Entry(_LAYER + "mlp.down_proj.weight", ("layers", "mlp", "down_proj", "kernel"), _t, _t),
     _Entry("model.norm.weight", ("norm", "scale"), _same, _same),
-    _Entry("lm_head.weight", ("lm_head",), _t, _t),
+    _Entry("lm_head.weight", ("lm_head",), _lm_head_in, _lm_head_out),
 )
 
 
@@ -303,12 +325,16 @@ def load_hf_checkpoint(
         )
       return w
 
+    # HF holds the real vocabulary's rows only (ours: padded_vocab_size).
+    hf_size = math.prod(want)
+    if entry.to_ours in (_vocab_in, _lm_head_in):
+      hf_size = hf_size // config.padded_vocab_size * config.vocab_size
     for i in range(len(names)):  # validate every shape up front, before any device work
       hf_shape = tensors[names[i]].shape(names[i])
-      if math.prod(hf_shape) != math.prod(want):
+      if math.prod(hf_shape) != hf_size:
         raise CheckpointError(
             f"{path}: tensor {names[i]!r} has shape {hf_shape}; expected "
-            f"{math.prod(want)} elements for params/{'/'.join(entry.ours)} {tuple(want)}"
+            f"{hf_size} elements for params/{'/'.join(entry.ours)} {tuple(want)}"
         )
 
     def shard(index, per_layer=per_layer, layer=layer, n=len(names)):

@@ -1,7 +1,7 @@
 """Qwen3 decoder in Flax linen, used pure-functionally: `params` is a plain pytree.
 
 Layout (HF-like names, stacked over layers by `nn.scan`; logical axes in brackets):
-  embed_tokens/embedding                [vocab, embed]
+  embed_tokens/embedding                [vocab, embed]   (vocab = config.padded_vocab_size rows)
   layers/input_layernorm/scale          [layers, norm]
   layers/self_attn/{q,k,v}_proj/kernel  [layers, embed, heads|kv_heads, head_dim]
   layers/self_attn/{q,k}_norm/scale     [layers, norm]
@@ -35,6 +35,18 @@ _REMAT = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
+
+
+def _zero_padded_vocab(init, vocab_size: int, axis: int):
+  """`init` with the padded vocabulary entries (index >= vocab_size along `axis`) set to 0, as a Hugging
+  Face import leaves them: they are never looked up and their logits are masked, so they stay 0."""
+
+  def padded_init(key, shape, dtype=jnp.float32):
+    w = init(key, shape, dtype)
+    keep = jnp.arange(shape[axis]) < vocab_size
+    return jnp.where(keep.reshape([-1 if a == axis else 1 for a in range(len(shape))]), w, 0)
+
+  return padded_init
 
 
 def _constrain(sharding: ShardingRules | None, x, axes):
@@ -188,11 +200,13 @@ class Qwen3(nn.Module):
   def __call__(self, tokens, positions, q_index, segment_ids, cache_lengths=None, cache=None):
     c, dt = self.config, self.config.compute_dtype
     embed = nn.Embed(
-        c.vocab_size,
+        c.padded_vocab_size,
         c.hidden_size,
         dtype=dt,
         param_dtype=jnp.float32,
-        embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")),
+        embedding_init=nn.with_logical_partitioning(
+            _zero_padded_vocab(_INIT, c.vocab_size, axis=0), ("vocab", "embed")
+        ),
         name="embed_tokens",
     )
     x = _constrain(self.sharding, embed(tokens), ("batch", "length", "act_embed"))
@@ -217,8 +231,10 @@ class Qwen3(nn.Module):
       # Declared here so the parameter exists; logits are computed by `project_logits` (chunked or not).
       self.param(
           "lm_head",
-          nn.with_logical_partitioning(_INIT, ("embed", "vocab")),
-          (c.hidden_size, c.vocab_size),
+          nn.with_logical_partitioning(
+              _zero_padded_vocab(_INIT, c.vocab_size, axis=1), ("embed", "vocab")
+          ),
+          (c.hidden_size, c.padded_vocab_size),
           jnp.float32,
       )
     return x, new_cache
@@ -231,9 +247,21 @@ def lm_head_weight(config: ModelConfig, params) -> jax.Array:
   return params["lm_head"]
 
 
+# The logit of a padded vocabulary row: exp() of it is exactly 0 after any max-subtraction, and 0 * it is
+# 0 (an entropy term), which -inf would turn into NaN.
+PADDED_LOGIT = -1e30
+
+
 def project_logits(config: ModelConfig, hidden, w_ev) -> jax.Array:
-  """hidden [..., E] @ w [E, V] -> float32 logits, multiplying in the compute dtype."""
+  """hidden [..., E] @ w [E, Vp] -> float32 logits [..., Vp], multiplying in the compute dtype.
+
+  Vp = config.padded_vocab_size; columns >= config.vocab_size are PADDED_LOGIT, so softmax, log-probs,
+  entropies and sampling over Vp equal those over the real vocabulary."""
   dt = config.compute_dtype
-  return jnp.einsum(
+  logits = jnp.einsum(
       "...e,ev->...v", hidden.astype(dt), w_ev.astype(dt), preferred_element_type=jnp.float32
   )
+  if w_ev.shape[-1] > config.vocab_size:
+    real = jnp.arange(w_ev.shape[-1]) < config.vocab_size
+    logits = jnp.where(real, logits, PADDED_LOGIT)
+  return logits

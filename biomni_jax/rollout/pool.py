@@ -64,9 +64,9 @@ class _GroupState:
 
 
 def _as_async_engine(engine: Any) -> Any:
-  from biomni_jax.sampling import AsyncEngine, Engine
+  from biomni_jax.sampling import AsyncEngine, Engine, EngineGroup
 
-  return AsyncEngine(engine) if isinstance(engine, Engine) else engine
+  return AsyncEngine(engine) if isinstance(engine, (Engine, EngineGroup)) else engine
 
 
 class RolloutPool:

@@ -167,7 +167,13 @@ class Engine:
 
   @property
   def version(self) -> int:
+    """The weight version of the next decode step (updated in the engine thread)."""
     return self._version
+
+  @property
+  def params(self):
+    """The weights the engine samples with (as swapped in by the engine thread), stacked layout."""
+    return self._params
 
   def precompile(self) -> None:
     """Compiles every prefill bucket's programs and the decode step now (otherwise each compiles on first

@@ -44,7 +44,10 @@ def _scalar(name: str, value: Any) -> float:
 
 
 class MetricsWriter:
-  """Writes scalar metrics per step to JSONL and (optionally) TensorBoard. Call `close` at the end."""
+  """Writes scalar metrics per step to JSONL and (optionally) TensorBoard. Call `close` at the end.
+
+  `enabled=False` (every process but 0 of a multi-host run) makes every call a no-op that writes nothing.
+  """
 
   def __init__(
       self,
@@ -52,7 +55,12 @@ class MetricsWriter:
       *,
       tensorboard: bool = True,
       resume_step: Optional[int] = None,
+      enabled: bool = True,
   ):
+    self.enabled = enabled
+    self._tb = None
+    if not enabled:
+      return
     os.makedirs(workdir, exist_ok=True)
     self.jsonl_path = os.path.join(os.fspath(workdir), JSONL_NAME)
     if os.path.exists(self.jsonl_path):
@@ -75,6 +83,8 @@ class MetricsWriter:
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Log scalars (python numbers, numpy or jax scalars) for `step`; non-finite values are kept as null."""
+    if not self.enabled:
+      return
     values = {name: _scalar(name, v) for name, v in metrics.items()}
     record = {
         "step": int(step),
@@ -87,11 +97,15 @@ class MetricsWriter:
         self._tb.add_scalar(name, value, global_step=int(step))
 
   def flush(self) -> None:
+    if not self.enabled:
+      return
     self._jsonl.flush()
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
+    if not self.enabled:
+      return
     if not self._jsonl.closed:
       self._jsonl.close()
     if self._tb is not None:

@@ -13,25 +13,28 @@ The ratio exp(logp - old) is 1 at the first mini-batch (the params `old` was com
 acts only on the later mini-batches; tokens sampled by an older version than v are corrected by the
 (optional, capped) TIS weight exp(old - sampler) of losses.py.
 
-A run lives in `workdir`: `checkpoints/` (TrainState; the JSON extra holds the weight version and the
-pool's consumed task ids, so a resumed run neither repeats nor skips tasks), `metrics.jsonl`,
-`tensorboard/`, `config.json`. Config fields: section `rl` (see configs/demo_rl.py), plus `model`,
-`optimizer`, `mesh`, `tokenizer` as in SFT.
+On several hosts (one global SPMD trainer, one sampler per host; see distributed.py and
+sampling/layout.py) each host takes its num_groups / P groups from its own pool, builds its own rows
+(groups never span hosts, so advantages stay local), and the hosts agree on a row count so that every
+mini-batch is one global array of all hosts' rows. The loss is a sum over rows divided by the global
+denominator, so it equals one host training on all the groups. Metrics are combined over hosts.
+
+Assembly of a run from a config (model, engine, pool, checkpoints, resume): train/rl_run.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
+import math
 import time
-from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from biomni_jax import distributed
 from biomni_jax import model as M
 from biomni_jax.config_utils import ConfigError, field
 from biomni_jax.model.config import ModelConfig
@@ -41,7 +44,6 @@ from biomni_jax.train.checkpoint import Checkpointer
 from biomni_jax.train.metrics import MetricsWriter
 from biomni_jax.train.step import BATCH_AXES, TrainState, make_train_step
 
-CHECKPOINT_DIR = "checkpoints"
 # Fields the jitted RL step reads (the rest of rl_batch.RL_ROW_FIELDS stays on the host).
 STEP_FIELDS = (
     "tokens",
@@ -219,25 +221,24 @@ def make_logprob_fn(model_config: ModelConfig, sharding: ShardingRules, temperat
 def recompute_logprobs(
     logprob_fn, params, rows: dict[str, np.ndarray], batch_rows: int, sharding: ShardingRules
 ) -> np.ndarray:
-  """log p(targets) float32 [R, L] under `params`, `batch_rows` rows at a time, 0 off the target mask."""
+  """log p(targets) float32 [R, L] under `params`, `batch_rows` of this host's rows at a time (every
+  host passes the same R and batch_rows: each call is one global batch of all hosts' chunks), 0 off the
+  target mask."""
   n = rows["tokens"].shape[0]
   out = np.zeros(rows["tokens"].shape, np.float32)
   target = sharding.sharding(BATCH_AXES)
-  step = min(batch_rows, n)
-  for start in range(0, n, step):
-    chunk = {
-        k: rows[k][start : start + step] for k in ("tokens", "targets", "positions", "segment_ids")
-    }
+  fields = ("tokens", "targets", "positions", "segment_ids")
+  for start in range(0, n, batch_rows):
+    chunk = {k: rows[k][start : start + batch_rows] for k in fields}
     real = chunk["tokens"].shape[0]
-    if real < step:  # keep one compiled shape
+    if real < batch_rows:  # keep one compiled shape
       chunk = {
-          k: np.concatenate([v, np.zeros((step - real,) + v.shape[1:], v.dtype)])
+          k: np.concatenate([v, np.zeros((batch_rows - real,) + v.shape[1:], v.dtype)])
           for k, v in chunk.items()
       }
-    placed = [
-        jax.device_put(chunk[k], target) for k in ("tokens", "targets", "positions", "segment_ids")
-    ]
-    out[start : start + real] = np.asarray(logprob_fn(params, *placed))[:real]
+    placed = distributed.global_rows(chunk, target)
+    logp = logprob_fn(params, *(placed[k] for k in fields))
+    out[start : start + real] = distributed.local_rows(logp)[:real]
   return out * (rows["target_mask"] > 0)
 
 
@@ -283,6 +284,15 @@ class RLTrainer:
         combine_metrics=losses.combine_metrics,
     )
     self.logprob_fn = make_logprob_fn(model_config, sharding, settings.logprob_temperature)
+    self.batch_sharding = sharding.sharding(BATCH_AXES)
+    # Global rows: a multiple of rows_multiple_of, of (micro-batches x batch shards) so that every
+    # micro-batch splits over the batch axes, and of the processes (each contributes equal rows).
+    hosts, shards = distributed.process_count(), sharding.axis_size("batch")
+    self.rows_multiple = math.lcm(settings.rows_multiple_of, settings.micro_batches * shards, hosts)
+    self.local_rows_multiple = self.rows_multiple // hosts
+    chunk = math.lcm(shards, hosts)
+    self.local_logprob_rows = -(-settings.logprob_batch_rows // chunk) * chunk // hosts
+    distributed.check_batch_split(self.batch_sharding, self.rows_multiple)
 
   def build(
       self, groups: Sequence[Any], rl_step: int
@@ -294,27 +304,29 @@ class RLTrainer:
         row_length=self.s.row_length,
         estimator=self.s.advantage_estimator,
         pack=self.s.pack,
-        rows_multiple_of=self.s.rows_multiple_of,
-        seed=self.seed * 1_000_003 + rl_step,
+        rows_multiple_of=self.local_rows_multiple,
+        seed=self.seed * 1_000_003 + rl_step + 1_000_000_007 * distributed.process_index(),
     )
 
   def train_on_groups(
       self, state: TrainState, groups: Sequence[Any], rl_step: int
   ) -> tuple[TrainState, dict[str, float]]:
-    """Recompute old log-probs under state.params, then one optimizer step per mini-batch."""
+    """Recompute old log-probs under state.params, then one optimizer step per mini-batch.
+
+    `groups`: this host's groups. Every host calls this at the same RL step (a collective)."""
     minibatches, adv = self.build(groups, rl_step)
+    minibatches = pad_to_common_rows(minibatches)
     t0 = time.perf_counter()
     for rows in minibatches:
       rows["old_logprobs"] = recompute_logprobs(
-          self.logprob_fn, state.params, rows, self.s.logprob_batch_rows, self.sharding
+          self.logprob_fn, state.params, rows, self.local_logprob_rows, self.sharding
       )
     logprob_seconds = time.perf_counter() - t0
     mismatch = [sampler_mismatch(rows["old_logprobs"], rows) for rows in minibatches]
-    target = self.sharding.sharding(BATCH_AXES)
     sums, step_metrics = None, []
     t0 = time.perf_counter()
     for rows in minibatches:
-      placed = {k: jax.device_put(rows[k], target) for k in STEP_FIELDS}
+      placed = distributed.global_rows({k: rows[k] for k in STEP_FIELDS}, self.batch_sharding)
       state, metrics = self.step_fn(state, placed)
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       step_metrics.append(metrics)
@@ -325,14 +337,22 @@ class RLTrainer:
     for key in ("loss", "grad_norm", "lr"):
       if key in step_metrics[0]:
         out[key] = float(np.mean([m[key] for m in step_metrics]))
+    host_values = distributed.allgather_json(
+        {
+            "mismatch": [m for m in mismatch if m],
+            "adv_abs_sum": float(np.abs(adv).sum()),
+            "trajectories": int(adv.size),
+        }
+    )
     for key in ("logprob_diff_abs", "sampler_kl"):
-      values = [m[key] for m in mismatch if key in m]
+      values = [m[key] for h in host_values for m in h["mismatch"] if key in m]
       if values:
         out[key] = float(np.mean(values))
     out.update(
-        advantage_abs_mean=float(np.abs(adv).mean()),
+        advantage_abs_mean=sum(h["adv_abs_sum"] for h in host_values)
+        / max(1, sum(h["trajectories"] for h in host_values)),
         optimizer_steps=float(len(minibatches)),
-        rows=float(sum(r["tokens"].shape[0] for r in minibatches)),
+        rows=float(sum(r["tokens"].shape[0] for r in minibatches) * distributed.process_count()),
         logprob_seconds=logprob_seconds,
         train_seconds=train_seconds,
     )
@@ -357,9 +377,23 @@ _LOSS_SUM_KEYS = (
 )
 
 
-def copy_params(params):
-  """A fresh copy for the engine: the train step donates (deletes) the state's buffers."""
-  return jax.tree.map(jnp.copy, params)
+def pad_to_common_rows(minibatches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+  """Pads each host's mini-batch k with empty rows (masked out) to the largest row count any host has
+  for mini-batch k, so that the hosts' rows form one global array (no-op on one host)."""
+  counts = distributed.allgather_json([int(mb["tokens"].shape[0]) for mb in minibatches])
+  out = []
+  for k, rows in enumerate(minibatches):
+    want = max(host[k] for host in counts)
+    have = rows["tokens"].shape[0]
+    out.append(
+        rows
+        if want == have
+        else {
+            name: np.concatenate([v, np.zeros((want - have,) + v.shape[1:], v.dtype)])
+            for name, v in rows.items()
+        }
+    )
+  return out
 
 
 # --------------------------------------------------------------------------------------------- the loop
@@ -384,8 +418,11 @@ def run_rl_loop(
     extra_metrics: Optional[Callable[[int, TrainState], dict]] = None,
 ) -> tuple[TrainState, dict]:
   """RL steps start_step+1 .. total_steps. Weight version after RL step k is k (the engine starts at the
-  restored version, start_step). Checkpoint extra: {"version", "consumed_task_ids"}."""
+  restored version, start_step). Checkpoint extra: {"version", "consumed_task_ids" (one list per host,
+  in process order)}. `pool` is this host's: it delivers num_groups / process_count groups a step.
+  """
   s = run.trainer.s
+  local_groups = s.num_groups // distributed.process_count()
   summary: dict[str, Any] = {
       "start_step": start_step,
       "total_steps": run.total_steps,
@@ -398,15 +435,16 @@ def run_rl_loop(
   try:
     for rl_step in range(start_step + 1, run.total_steps + 1):
       t0 = time.perf_counter()
-      groups = pool.get_groups(s.num_groups, timeout_s=s.get_groups_timeout_s)
+      groups = pool.get_groups(local_groups, timeout_s=s.get_groups_timeout_s)
       wait_seconds = time.perf_counter() - t0
-      if len(groups) != s.num_groups:
+      if len(groups) != local_groups:
         raise RuntimeError(
-            f"rl step {rl_step}: the pool returned {len(groups)} groups, expected {s.num_groups}"
+            f"rl step {rl_step}: the pool returned {len(groups)} groups, expected {local_groups}"
         )
       version = rl_step - 1
-      metrics = rl_metrics.episode_metrics(groups, ks=(1,))
-      metrics.update(rl_metrics.staleness_metrics(groups, version))
+      local = rl_metrics.episode_metrics(groups, ks=(1,))
+      local.update(rl_metrics.staleness_metrics(groups, version))
+      metrics = rl_metrics.combine_host_metrics(distributed.allgather_json(local))
       state, train_metrics = run.trainer.train_on_groups(state, groups, rl_step)
       metrics.update(train_metrics)
       run.publish(state.params, rl_step)
@@ -429,241 +467,11 @@ def run_rl_loop(
           clip=f"{metrics.get('clip_low_frac', 0) + metrics.get('clip_high_frac', 0):.3f}",
       )
       if (s.save_every and rl_step % s.save_every == 0) or rl_step == run.total_steps:
+        consumed = distributed.allgather_json(list(pool.consumed_task_ids()))
         run.checkpointer.save(
-            rl_step,
-            state,
-            {"version": rl_step, "consumed_task_ids": list(pool.consumed_task_ids())},
-            force=True,
+            rl_step, state, {"version": rl_step, "consumed_task_ids": consumed}, force=True
         )
   finally:
     bar.close()
   summary["final_step"] = int(state.step)
   return state, summary
-
-
-def task_stream(tasks: Sequence[Any], epochs: int, seed: int) -> Iterator[Any]:
-  """Each epoch a seeded shuffle of `tasks`; instance ids get an '#e<epoch>' suffix so that every element
-  of the stream has its own id (what the pool's consumed-id bookkeeping keys on)."""
-  for epoch in range(epochs):
-    order = np.random.default_rng([seed, epoch]).permutation(len(tasks))
-    for i in order:
-      task = tasks[int(i)]
-      yield dataclasses.replace(task, instance_id=f"{task.instance_id}#e{epoch}")
-
-
-def write_config(config, workdir: str) -> None:
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(
-        config.to_json(indent=1)
-        if hasattr(config, "to_json")
-        else json.dumps(dict(config), indent=1)
-    )
-
-
-# --------------------------------------------------------------------------------------------- assembly
-
-PoolFactory = Callable[..., Any]
-
-
-def load_sft_run(sft_workdir: str, sharding: ShardingRules):
-  """(model config, params, tokenizer, sft config) of the newest checkpoint of an SFT run's workdir.
-
-  The SFT run's optimizer is rebuilt from its config.json so that its whole TrainState restores
-  (the checkpointer checks the full tree); only the params are kept.
-  """
-  import ml_collections
-  from biomni_jax.config_utils import model_config
-  from biomni_jax.data.tokenizer import load_tokenizer
-  from biomni_jax.train.optimizer import make_optimizer
-  from biomni_jax.train.sft import CHECKPOINT_DIR as SFT_CHECKPOINTS, TOKENIZER_DIR
-  from biomni_jax.train.step import abstract_train_state
-
-  config_path = os.path.join(sft_workdir, "config.json")
-  if not os.path.isfile(config_path):
-    raise ConfigError(
-        f"config field 'rl.init_from_sft': {sft_workdir!r} has no config.json (expected an SFT "
-        f"run's workdir)"
-    )
-  with open(config_path) as f:
-    sft_config = ml_collections.ConfigDict(json.load(f))
-  has_own_tokenizer = bool(field(sft_config, "tokenizer.path", str, default=""))
-  tokenizer = load_tokenizer(
-      sft_config.tokenizer.path if has_own_tokenizer else os.path.join(sft_workdir, TOKENIZER_DIR)
-  )
-  model_cfg = model_config(sft_config, vocab_size=None if has_own_tokenizer else len(tokenizer))
-  opt_cfg = dict(sft_config.optimizer)
-  opt_cfg["total_steps"] = max(
-      int(opt_cfg.get("total_steps") or 0), int(opt_cfg.get("warmup_steps") or 0) + 1
-  )
-  optimizer = make_optimizer(opt_cfg)
-  with Checkpointer(os.path.join(sft_workdir, SFT_CHECKPOINTS), async_save=False) as ckpt:
-    if ckpt.latest_step() is None:
-      raise ConfigError(
-          f"config field 'rl.init_from_sft': no checkpoint under {sft_workdir}/{SFT_CHECKPOINTS}"
-      )
-    state, _ = ckpt.restore(abstract_train_state(model_cfg, optimizer, sharding))
-  return model_cfg, state.params, tokenizer, sft_config
-
-
-def build_tasks(config) -> list:
-  """The training task instances: rl.tasks_per_family instances of each of rl.task_families (split
-  rl.task_split), in family order."""
-  from biomni_jax.env.tasks import get_family
-
-  families = list(field(config, "rl.task_families"))
-  count = field(config, "rl.tasks_per_family", int, minimum=1)
-  split = field(config, "rl.task_split", str, default="train")
-  seed = field(config, "rl.task_seed", int, default=0)
-  if not families:
-    raise ConfigError("config field 'rl.task_families': empty; expected task family names")
-  try:
-    return [t for name in families for t in get_family(name, seed=seed).instances(split, count)]
-  except KeyError as e:
-    raise ConfigError(f"config field 'rl.task_families': {e.args[0]}") from None
-
-
-def rollout_config(config, settings: RLSettings):
-  """rollout.RolloutConfig from rl.rollout plus the fields the trainer shares with it."""
-  from biomni_jax.rollout.config import RolloutConfig
-
-  fields = dict(field(config, "rl.rollout", default={}) or {})
-  fields.update(
-      group_size=settings.group_size,
-      groups_per_batch=settings.num_groups,
-      temperature=float(settings.temperature),
-      seed=field(config, "seed", int, default=0),
-  )
-  for key, value in list(fields.items()):
-    if isinstance(value, list):
-      fields[key] = tuple(value)
-  try:
-    return RolloutConfig(**fields)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"config field 'rl.rollout': {e}") from None
-
-
-def default_pool_factory(*, engine, tokenizer, tasks, config, settings: RLSettings):
-  """The real rollout pool (biomni_jax.rollout) over a sandbox pool of config.rl.sandbox_workers."""
-  from biomni_jax.env.sandbox import SandboxPool
-  from biomni_jax.rollout.pool import RolloutPool
-
-  sandbox = SandboxPool(max_workers=field(config, "rl.sandbox_workers", int, minimum=1, default=2))
-  return RolloutPool(engine, sandbox, tokenizer, tasks, rollout_config(config, settings))
-
-
-def train_rl(config, workdir: str, *, pool_factory: Optional[PoolFactory] = None) -> dict[str, Any]:
-  """Run (or resume) RL as `config` says, in `workdir`. Returns a summary (steps, rewards, success).
-
-  pool_factory(engine=AsyncEngine, tokenizer=, tasks=Iterator[TaskInstance], config=, settings=) -> a pool
-  with start/stop, restore_consumed and the GroupSource methods; default: `default_pool_factory`.
-  """
-  from biomni_jax.config_utils import mesh_shape, model_config
-  from biomni_jax.sampling import AsyncEngine, Engine
-  from biomni_jax.sharding import make_mesh
-  from biomni_jax.train.optimizer import make_optimizer, make_schedule
-  from biomni_jax.train.sft import _initial_params, prepare_tokenizer
-  from biomni_jax.train.step import abstract_train_state, init_train_state
-
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  s = RLSettings.from_config(config)
-  seed = field(config, "seed", int, default=0)
-  sharding = ShardingRules(make_mesh(**mesh_shape(config)))
-  sft_dir = field(config, "rl.init_from_sft", str, default="")
-  if sft_dir:
-    model_cfg, init_params, tokenizer, _ = load_sft_run(sft_dir, sharding)
-  else:
-    tokenizer = prepare_tokenizer(config, workdir, [])
-    has_own = bool(field(config, "tokenizer.path", str, default=""))
-    model_cfg = model_config(config, vocab_size=None if has_own else len(tokenizer))
-    model_cfg, init_params = _initial_params(
-        config, model_cfg, sharding
-    )  # model.init_from: a HF directory
-
-  tasks = build_tasks(config)
-  epochs = field(config, "rl.epochs", int, minimum=1, default=1)
-  total_steps = s.num_steps or max(1, epochs * len(tasks) // s.num_groups)
-  if total_steps * s.num_groups > epochs * len(tasks):  # fail now, not after hours of training
-    raise ConfigError(
-        f"config fields 'rl.num_steps' x 'rl.num_groups' = {total_steps} x {s.num_groups} need "
-        f"{total_steps * s.num_groups} task instances, but 'rl.epochs' x tasks = {epochs} x "
-        f"{len(tasks)}: raise rl.epochs or rl.tasks_per_family, or lower rl.num_steps"
-    )
-  opt_cfg = dict(field(config, "optimizer"))
-  opt_cfg["total_steps"] = opt_cfg.get("total_steps") or total_steps * s.num_minibatches
-  try:
-    optimizer, schedule = make_optimizer(opt_cfg), make_schedule(opt_cfg)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  trainer = RLTrainer(model_cfg, s, optimizer, sharding, learning_rate_fn=schedule, seed=seed)
-
-  ckpt = Checkpointer(
-      os.path.join(workdir, CHECKPOINT_DIR),
-      max_to_keep=s.keep_checkpoints,
-      async_save=field(config, "rl.async_checkpoint", bool, default=True),
-  )
-  start_step, consumed = ckpt.latest_step(), []
-  if start_step is None:
-    state, start_step = (
-        init_train_state(model_cfg, optimizer, seed, sharding, params=init_params),
-        0,
-    )
-  else:
-    state, extra = ckpt.restore(abstract_train_state(model_cfg, optimizer, sharding))
-    consumed = list(extra.get("consumed_task_ids", []))
-    if int(extra.get("version", start_step)) != start_step:
-      raise ValueError(
-          f"{ckpt.directory}/{start_step}: extra version {extra.get('version')} differs from "
-          f"the step"
-      )
-  del init_params
-  write_config(config, workdir)
-
-  engine = Engine(
-      model_cfg,
-      copy_params(state.params),
-      sharding,
-      num_slots=field(config, "rl.engine.num_slots", int, minimum=1, default=8),
-      max_len=field(config, "rl.engine.max_len", int, minimum=2, default=s.row_length),
-      detokenize=tokenizer.decode,
-      max_prefill_chunk=field(config, "rl.engine.max_prefill_chunk", int, minimum=16, default=256),
-      version=start_step,
-  )
-  writer = MetricsWriter(workdir, tensorboard=s.tensorboard, resume_step=start_step)
-  pool = None
-  try:
-    factory = pool_factory or default_pool_factory
-    pool = factory(
-        engine=AsyncEngine(engine),
-        tokenizer=tokenizer,
-        tasks=task_stream(tasks, epochs, seed),
-        config=config,
-        settings=s,
-    )
-    pool.restore_consumed(consumed)
-    pool.publish_version(start_step)
-    pool.start()
-    run = RLRun(
-        trainer=trainer,
-        checkpointer=ckpt,
-        writer=writer,
-        total_steps=total_steps,
-        publish=lambda params, version: engine.update_params(copy_params(params), version),
-    )
-    state, summary = run_rl_loop(run, state, pool, start_step)
-  finally:
-    if pool is not None:
-      pool.stop()
-      if hasattr(getattr(pool, "sandbox", None), "close"):
-        pool.sandbox.close()  # the run's sandbox workers (default_pool_factory) end with the run
-    engine.shutdown()
-    writer.close()
-    ckpt.close()
-  summary.update(
-      num_tasks=len(tasks),
-      num_params=M.num_params(state.params),
-      state=state,
-      model_config=model_cfg,
-      tokenizer=tokenizer,
-  )
-  return summary

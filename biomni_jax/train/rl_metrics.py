@@ -87,6 +87,7 @@ def episode_metrics(groups: Sequence[Any], ks: Sequence[int] = (1,)) -> dict[str
     by_task[t.task_name].append(_succeeded(t))
   for task, hits in sorted(by_task.items()):
     out[f"success/{task}"] = float(np.mean(hits))
+    out[f"episodes/{task}"] = float(len(hits))
   return out
 
 
@@ -101,11 +102,56 @@ def staleness_metrics(groups: Sequence[Any], current_version: int) -> dict[str, 
   if versions.size == 0:
     return {}
   staleness = current_version - versions.astype(np.int64)
-  out = {"staleness_max": float(staleness.max()), "staleness_mean": float(staleness.mean())}
+  out = {
+      "staleness_max": float(staleness.max()),
+      "staleness_mean": float(staleness.mean()),
+      "sampled_tokens": float(staleness.size),
+  }
   last = STALENESS_BUCKETS[-1]
   for b in STALENESS_BUCKETS:
     hit = staleness >= b if b == last else staleness == b
     out[f"staleness/{b}{'+' if b == last else ''}"] = float(hit.mean())
+  return out
+
+
+_COUNTS = ("episodes", "groups", "sampled_tokens")
+_MAXIMA = ("response_tokens_max", "staleness_max")
+
+
+def _weight_key(key: str) -> str:
+  """Which count a per-host mean is weighted by when hosts are combined."""
+  if key.startswith("pass@") or key == "zero_signal_group_frac":
+    return "groups"
+  if key.startswith("staleness"):
+    return "sampled_tokens"
+  if key.startswith("success/"):
+    return "episodes/" + key.split("/", 1)[1]
+  return "episodes"
+
+
+def combine_host_metrics(per_host: Sequence[Mapping[str, float]]) -> dict[str, float]:
+  """One batch's metrics from every host's `episode_metrics` + `staleness_metrics` of its own groups:
+  counts summed, maxima maxed, means weighted by what they average over (episodes, groups, sampled
+  tokens, a task's episodes), which is exact for every mean; `length_reward_corr` becomes the
+  episode-weighted mean of the hosts' correlations."""
+  if len(per_host) == 1:
+    return dict(per_host[0])
+  keys = list(dict.fromkeys(k for host in per_host for k in host))
+  out = {}
+  for key in keys:
+    present = [h for h in per_host if key in h]
+    if key in _COUNTS or key.startswith("episodes/"):
+      out[key] = float(sum(h[key] for h in present))
+    elif key in _MAXIMA:
+      out[key] = float(max(h[key] for h in present))
+    else:
+      weight = _weight_key(key)
+      total = sum(h.get(weight, 0.0) for h in present)
+      out[key] = (
+          float(sum(h[key] * h.get(weight, 0.0) for h in present) / total)
+          if total
+          else float(np.mean([h[key] for h in present]))
+      )
   return out
 
 

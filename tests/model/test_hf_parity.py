@@ -169,3 +169,40 @@ def test_load_straight_into_a_sharding(tmp_path):
   r = _result(proc.stdout)
   assert r["max_diff"] == 0.0 and r["placed"] and r["n_sharded"] > 0, r
   assert r["logits_diff"] < 1e-4, r
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_padded_vocabulary_changes_no_logit_logprob_or_exported_weight(tmp_path, tie):
+  """A vocabulary of 201 ids is held as 256 rows (vocab_multiple 128): logits over the real ids equal
+  transformers', log-probs and entropies over the padded rows equal those over the real vocabulary,
+  and an export gives transformers back the 201-row tensors."""
+  hf_model = build_tiny_hf_model(tie=tie, vocab=201, seed=5)
+  hf_model.save_pretrained(tmp_path / "src")
+  config, params = hf_io.load_hf_checkpoint(str(tmp_path / "src"))
+  assert (config.vocab_size, config.padded_vocab_size) == (201, 256)
+  assert params["embed_tokens"]["embedding"].shape == (256, 64)
+  tokens = _tokens(201, (2, 30), seed=7)
+  ours = np.asarray(M.forward(config, params, jnp.asarray(tokens)))
+  np.testing.assert_allclose(ours, hf_logits(hf_model, tokens), atol=ATOL, rtol=0)
+
+  targets = np.roll(tokens, -1, axis=1)
+  logp, entropy = M.token_logprobs(
+      config, params, jnp.asarray(tokens), jnp.asarray(targets), temperature=0.7, with_entropy=True
+  )
+  z = ours.astype(np.float64) / 0.7
+  log_softmax = (
+      z
+      - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+      - z.max(-1, keepdims=True)
+  )
+  want = np.take_along_axis(log_softmax, targets[..., None], -1)[..., 0]
+  np.testing.assert_allclose(np.asarray(logp), want, atol=2e-5)
+  want_entropy = -(np.exp(log_softmax) * log_softmax).sum(-1)
+  np.testing.assert_allclose(np.asarray(entropy), want_entropy, atol=2e-5)
+
+  hf_io.save_hf_checkpoint(config, params, str(tmp_path / "out"))
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path / "out", dtype=torch.float32
+  )
+  assert reloaded.get_input_embeddings().weight.shape == (201, 64)
+  np.testing.assert_allclose(hf_logits(reloaded, tokens), ours, atol=ATOL, rtol=0)

@@ -15,7 +15,7 @@ import pytest
 from biomni_jax.config_utils import load_config_file
 from biomni_jax.rollout.types import Group, Trajectory
 from biomni_jax.sampling import SamplingParams
-from biomni_jax.train import rl
+from biomni_jax.train import rl, rl_run
 from biomni_jax.train.metrics import read_jsonl_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -171,8 +171,8 @@ def spy_on_trainer(monkeypatch):
 
 
 def expected_stream(config, count):
-  tasks = rl.build_tasks(config)
-  stream = rl.task_stream(tasks, config.rl.epochs, config.seed)
+  tasks = rl_run.build_tasks(config)
+  stream = rl_run.task_stream(tasks, config.rl.epochs, config.seed)
   return [next(stream).instance_id for _ in range(count)]
 
 
@@ -181,7 +181,7 @@ def test_on_policy_logprobs_then_resume_without_repeating_or_skipping_tasks(
 ):
   captured = spy_on_trainer(monkeypatch)
   EnginePool.handed_out = []
-  first = rl.train_rl(
+  first = rl_run.train_rl(
       demo_rl_config(**{"rl.num_steps": 2}), str(tmp_path / "run"), pool_factory=EnginePool
   )
   assert first["start_step"] == 0 and first["final_step"] == 4  # 2 RL steps x 2 mini-batches
@@ -204,7 +204,7 @@ def test_on_policy_logprobs_then_resume_without_repeating_or_skipping_tasks(
   np.testing.assert_allclose(old[mask > 0], sampler[mask > 0], atol=1e-4)
 
   config = demo_rl_config(**{"rl.num_steps": 3})
-  resumed = rl.train_rl(config, str(tmp_path / "run"), pool_factory=EnginePool)
+  resumed = rl_run.train_rl(config, str(tmp_path / "run"), pool_factory=EnginePool)
   assert resumed["start_step"] == 2 and resumed["final_step"] == 6
   assert EnginePool.handed_out == expected_stream(config, 6)  # in order, none twice, none skipped
   records = read_jsonl_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -235,15 +235,15 @@ def test_on_policy_logprobs_then_resume_without_repeating_or_skipping_tasks(
 @pytest.mark.slow
 def test_resumed_run_ends_with_the_params_of_an_uninterrupted_run(tmp_path, compilation_cache):
   EnginePool.handed_out = []
-  full = rl.train_rl(
+  full = rl_run.train_rl(
       demo_rl_config(**{"rl.num_steps": 3}), str(tmp_path / "full"), pool_factory=EnginePool
   )
   uninterrupted = list(EnginePool.handed_out)
   EnginePool.handed_out = []
-  rl.train_rl(
+  rl_run.train_rl(
       demo_rl_config(**{"rl.num_steps": 2}), str(tmp_path / "resumed"), pool_factory=EnginePool
   )
-  resumed = rl.train_rl(
+  resumed = rl_run.train_rl(
       demo_rl_config(**{"rl.num_steps": 3}), str(tmp_path / "resumed"), pool_factory=EnginePool
   )
   assert EnginePool.handed_out == uninterrupted
@@ -259,7 +259,7 @@ def test_more_steps_than_the_task_supply_is_a_config_error_before_training(tmp_p
 
   # 12 tasks x 1 epoch feed 6 steps of 2 groups; a 7th step would find the task stream empty mid-run.
   with pytest.raises(ConfigError, match=r"rl.num_steps.*14 task instances.*1 x 12"):
-    rl.train_rl(
+    rl_run.train_rl(
         demo_rl_config(**{"rl.num_steps": 7}), str(tmp_path / "run"), pool_factory=EnginePool
     )
   assert not os.path.exists(tmp_path / "run" / "checkpoints") or not os.listdir(
@@ -280,7 +280,7 @@ def test_policy_gradient_raises_the_reward_it_is_trained_on(tmp_path):
           "optimizer.lr": 3e-2,
       }
   )
-  summary = rl.train_rl(config, str(tmp_path / "run"), pool_factory=EnginePool)
+  summary = rl_run.train_rl(config, str(tmp_path / "run"), pool_factory=EnginePool)
   rewards = [summary["rewards"][k] for k in sorted(summary["rewards"])]
   first, last = np.mean(rewards[:3]), np.mean(rewards[-3:])
   assert 0.3 < first < 0.7, rewards  # a random init samples even and odd ids about equally

@@ -1,0 +1,296 @@
+"""Assembling an RL run from a config: model and tokenizer, trainer, per-host engine and rollout pool,
+checkpoints and resume. The loop itself is `rl.run_rl_loop`.
+
+    summary = train_rl(config, workdir)       # python -m biomni_jax.main --config=configs/demo_rl.py ...
+
+On P hosts every process runs this same function (after `jax.distributed.initialize()`): the trainer's
+mesh (`mesh`) spans all devices; each host builds its own sampler (`rl.engine.mesh`: data x tensor of
+its own devices, sampling/layout.py), sandbox pool and rollout pool over its own share of the task
+stream (element k goes to host k mod P), and takes num_groups / P groups per step. Process 0 writes the
+metrics and config; checkpoints hold every host's consumed task ids, so a resumed run (same P) neither
+repeats nor skips a task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from biomni_jax import distributed
+from biomni_jax import model as M
+from biomni_jax.config_utils import ConfigError, field
+from biomni_jax.sharding import ShardingRules
+from biomni_jax.train.checkpoint import Checkpointer
+from biomni_jax.train.metrics import MetricsWriter
+from biomni_jax.train.rl import RLRun, RLSettings, RLTrainer, run_rl_loop
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def task_stream(tasks: Sequence[Any], epochs: int, seed: int) -> Iterator[Any]:
+  """Each epoch a seeded shuffle of `tasks`; instance ids get an '#e<epoch>' suffix so that every element
+  of the stream has its own id (what the pool's consumed-id bookkeeping keys on)."""
+  for epoch in range(epochs):
+    order = np.random.default_rng([seed, epoch]).permutation(len(tasks))
+    for i in order:
+      task = tasks[int(i)]
+      yield dataclasses.replace(task, instance_id=f"{task.instance_id}#e{epoch}")
+
+
+def host_share(stream: Iterator[Any], index: int, count: int) -> Iterator[Any]:
+  """Elements index, index + count, index + 2 count, ... of `stream`: the hosts' shares are disjoint and
+  together are the whole stream."""
+  return itertools.islice(stream, index, None, count)
+
+
+def write_config(config, workdir: str) -> None:
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(
+        config.to_json(indent=1)
+        if hasattr(config, "to_json")
+        else json.dumps(dict(config), indent=1)
+    )
+
+
+# --------------------------------------------------------------------------------------------- assembly
+
+PoolFactory = Callable[..., Any]
+
+
+def load_sft_run(sft_workdir: str, sharding: ShardingRules):
+  """(model config, params, tokenizer, sft config) of the newest checkpoint of an SFT run's workdir.
+
+  The SFT run's optimizer is rebuilt from its config.json so that its whole TrainState restores
+  (the checkpointer checks the full tree); only the params are kept.
+  """
+  import ml_collections
+  from biomni_jax.config_utils import model_config
+  from biomni_jax.data.tokenizer import load_tokenizer
+  from biomni_jax.train.optimizer import make_optimizer
+  from biomni_jax.train.sft import CHECKPOINT_DIR as SFT_CHECKPOINTS, TOKENIZER_DIR
+  from biomni_jax.train.step import abstract_train_state
+
+  config_path = os.path.join(sft_workdir, "config.json")
+  if not os.path.isfile(config_path):
+    raise ConfigError(
+        f"config field 'rl.init_from_sft': {sft_workdir!r} has no config.json (expected an SFT "
+        f"run's workdir)"
+    )
+  with open(config_path) as f:
+    sft_config = ml_collections.ConfigDict(json.load(f))
+  has_own_tokenizer = bool(field(sft_config, "tokenizer.path", str, default=""))
+  tokenizer = load_tokenizer(
+      sft_config.tokenizer.path if has_own_tokenizer else os.path.join(sft_workdir, TOKENIZER_DIR)
+  )
+  model_cfg = model_config(sft_config, vocab_size=None if has_own_tokenizer else len(tokenizer))
+  opt_cfg = dict(sft_config.optimizer)
+  opt_cfg["total_steps"] = max(
+      int(opt_cfg.get("total_steps") or 0), int(opt_cfg.get("warmup_steps") or 0) + 1
+  )
+  optimizer = make_optimizer(opt_cfg)
+  with Checkpointer(os.path.join(sft_workdir, SFT_CHECKPOINTS), async_save=False) as ckpt:
+    if ckpt.latest_step() is None:
+      raise ConfigError(
+          f"config field 'rl.init_from_sft': no checkpoint under {sft_workdir}/{SFT_CHECKPOINTS}"
+      )
+    state, _ = ckpt.restore(abstract_train_state(model_cfg, optimizer, sharding))
+  return model_cfg, state.params, tokenizer, sft_config
+
+
+def build_tasks(config) -> list:
+  """The training task instances: rl.tasks_per_family instances of each of rl.task_families (split
+  rl.task_split), in family order."""
+  from biomni_jax.env.tasks import get_family
+
+  families = list(field(config, "rl.task_families"))
+  count = field(config, "rl.tasks_per_family", int, minimum=1)
+  split = field(config, "rl.task_split", str, default="train")
+  seed = field(config, "rl.task_seed", int, default=0)
+  if not families:
+    raise ConfigError("config field 'rl.task_families': empty; expected task family names")
+  try:
+    return [t for name in families for t in get_family(name, seed=seed).instances(split, count)]
+  except KeyError as e:
+    raise ConfigError(f"config field 'rl.task_families': {e.args[0]}") from None
+
+
+def rollout_config(config, settings: RLSettings):
+  """rollout.RolloutConfig from rl.rollout plus the fields the trainer shares with it."""
+  from biomni_jax.rollout.config import RolloutConfig
+
+  fields = dict(field(config, "rl.rollout", default={}) or {})
+  fields.update(
+      group_size=settings.group_size,
+      groups_per_batch=settings.num_groups,
+      temperature=float(settings.temperature),
+      seed=field(config, "seed", int, default=0),
+  )
+  for key, value in list(fields.items()):
+    if isinstance(value, list):
+      fields[key] = tuple(value)
+  try:
+    return RolloutConfig(**fields)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config field 'rl.rollout': {e}") from None
+
+
+def default_pool_factory(*, engine, tokenizer, tasks, config, settings: RLSettings):
+  """The real rollout pool (biomni_jax.rollout) over a sandbox pool of config.rl.sandbox_workers."""
+  from biomni_jax.env.sandbox import SandboxPool
+  from biomni_jax.rollout.pool import RolloutPool
+
+  sandbox = SandboxPool(max_workers=field(config, "rl.sandbox_workers", int, minimum=1, default=2))
+  return RolloutPool(engine, sandbox, tokenizer, tasks, rollout_config(config, settings))
+
+
+def consumed_of_host(extra: dict, host: int, hosts: int, where: str) -> list[str]:
+  """This host's consumed task ids from a checkpoint's extra (one list per host)."""
+  by_host = extra.get("consumed_task_ids", [])
+  if by_host and not isinstance(by_host[0], list):  # a single-host checkpoint written as one list
+    by_host = [by_host]
+  if len(by_host) != hosts:
+    raise ConfigError(
+        f"{where}: the checkpoint holds the task progress of {len(by_host)} host(s), this run has "
+        f"{hosts}; resume with the same number of processes"
+    )
+  return list(by_host[host])
+
+
+def train_rl(config, workdir: str, *, pool_factory: Optional[PoolFactory] = None) -> dict[str, Any]:
+  """Run (or resume) RL as `config` says, in `workdir`. Returns a summary (steps, rewards, success).
+
+  pool_factory(engine=AsyncEngine, tokenizer=, tasks=Iterator[TaskInstance], config=, settings=) -> a pool
+  with start/stop, restore_consumed and the GroupSource methods; default: `default_pool_factory`.
+  """
+  from biomni_jax.config_utils import mesh_shape, model_config
+  from biomni_jax.sampling import AsyncEngine, make_engine, publish_to
+  from biomni_jax.sampling.layout import layout_from_config
+  from biomni_jax.sharding import make_mesh
+  from biomni_jax.train.optimizer import make_optimizer, make_schedule
+  from biomni_jax.train.sft import _initial_params, prepare_tokenizer
+  from biomni_jax.train.step import abstract_train_state, init_train_state
+
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  s = RLSettings.from_config(config)
+  seed = field(config, "seed", int, default=0)
+  sharding = ShardingRules(make_mesh(**mesh_shape(config)))
+  sft_dir = field(config, "rl.init_from_sft", str, default="")
+  if sft_dir:
+    model_cfg, init_params, tokenizer, _ = load_sft_run(sft_dir, sharding)
+  else:
+    tokenizer = prepare_tokenizer(config, workdir, [])
+    has_own = bool(field(config, "tokenizer.path", str, default=""))
+    model_cfg = model_config(config, vocab_size=None if has_own else len(tokenizer))
+    model_cfg, init_params = _initial_params(
+        config, model_cfg, sharding
+    )  # model.init_from: a HF directory
+
+  hosts, host = distributed.process_count(), distributed.process_index()
+  if s.num_groups % hosts:
+    raise ConfigError(
+        f"config field 'rl.num_groups': {s.num_groups} groups do not split over {hosts} hosts "
+        f"(each host delivers whole groups of its own tasks)"
+    )
+  try:
+    layout = layout_from_config(model_cfg, dict(field(config, "rl.engine.mesh", default={}) or {}))
+  except ValueError as e:
+    raise ConfigError(f"config field 'rl.engine.mesh': {e}") from None
+  tasks = build_tasks(config)
+  epochs = field(config, "rl.epochs", int, minimum=1, default=1)
+  total_steps = s.num_steps or max(1, epochs * len(tasks) // s.num_groups)
+  if total_steps * s.num_groups > epochs * len(tasks):  # fail now, not after hours of training
+    raise ConfigError(
+        f"config fields 'rl.num_steps' x 'rl.num_groups' = {total_steps} x {s.num_groups} need "
+        f"{total_steps * s.num_groups} task instances, but 'rl.epochs' x tasks = {epochs} x "
+        f"{len(tasks)}: raise rl.epochs or rl.tasks_per_family, or lower rl.num_steps"
+    )
+  opt_cfg = dict(field(config, "optimizer"))
+  opt_cfg["total_steps"] = opt_cfg.get("total_steps") or total_steps * s.num_minibatches
+  try:
+    optimizer, schedule = make_optimizer(opt_cfg), make_schedule(opt_cfg)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  try:
+    trainer = RLTrainer(model_cfg, s, optimizer, sharding, learning_rate_fn=schedule, seed=seed)
+  except ValueError as e:
+    raise ConfigError(f"config field 'mesh': {e}") from None
+
+  ckpt = Checkpointer(
+      os.path.join(workdir, CHECKPOINT_DIR),
+      max_to_keep=s.keep_checkpoints,
+      async_save=field(config, "rl.async_checkpoint", bool, default=True),
+  )
+  start_step, consumed = ckpt.latest_step(), []
+  if start_step is None:
+    state, start_step = (
+        init_train_state(model_cfg, optimizer, seed, sharding, params=init_params),
+        0,
+    )
+  else:
+    state, extra = ckpt.restore(abstract_train_state(model_cfg, optimizer, sharding))
+    consumed = consumed_of_host(extra, host, hosts, f"{ckpt.directory}/{start_step}")
+    if int(extra.get("version", start_step)) != start_step:
+      raise ValueError(
+          f"{ckpt.directory}/{start_step}: extra version {extra.get('version')} differs from "
+          f"the step"
+      )
+  del init_params
+  if host == 0:
+    write_config(config, workdir)
+
+  engine = make_engine(
+      model_cfg,
+      layout,
+      layout.publish(state.params),
+      num_slots=field(config, "rl.engine.num_slots", int, minimum=1, default=8),
+      max_len=field(config, "rl.engine.max_len", int, minimum=2, default=s.row_length),
+      detokenize=tokenizer.decode,
+      max_prefill_chunk=field(config, "rl.engine.max_prefill_chunk", int, minimum=16, default=256),
+      version=start_step,
+  )
+  writer = MetricsWriter(
+      workdir, tensorboard=s.tensorboard, resume_step=start_step, enabled=host == 0
+  )
+  pool = None
+  try:
+    factory = pool_factory or default_pool_factory
+    pool = factory(
+        engine=AsyncEngine(engine),
+        tokenizer=tokenizer,
+        tasks=host_share(task_stream(tasks, epochs, seed), host, hosts),
+        config=config,
+        settings=s,
+    )
+    pool.restore_consumed(consumed)
+    pool.publish_version(start_step)
+    pool.start()
+    run = RLRun(
+        trainer=trainer,
+        checkpointer=ckpt,
+        writer=writer,
+        total_steps=total_steps,
+        publish=lambda params, version: publish_to(engine, layout, params, version),
+    )
+    state, summary = run_rl_loop(run, state, pool, start_step)
+  finally:
+    if pool is not None:
+      pool.stop()
+      if hasattr(getattr(pool, "sandbox", None), "close"):
+        pool.sandbox.close()  # the run's sandbox workers (default_pool_factory) end with the run
+    engine.shutdown()
+    writer.close()
+    ckpt.close()
+  summary.update(
+      num_tasks=len(tasks),
+      num_params=M.num_params(state.params),
+      state=state,
+      model_config=model_cfg,
+      tokenizer=tokenizer,
+  )
+  return summary
