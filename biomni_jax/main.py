@@ -3,10 +3,15 @@
     python -m biomni_jax.main --config=configs/demo.py --workdir=DIR [--config.key=value ...]
 
 `config.mode` picks what runs: "sft" (train/sft.py), "rl" (train/rl.py), "pipeline" (pipeline.py: teacher data,
-SFT, RL and evaluation, resumable by stage). "eval" is named but not implemented here (use
-`python -m biomni_jax.eval`) and fails with a message saying so. A config that cannot be
-loaded, an unknown override, a bad field value or a missing input path ends the process with a one-line
-error on stderr and exit status 2; other failures keep their traceback (status 1).
+SFT, RL and evaluation, resumable by stage), "eval" (eval/evaluate.py: one model, named by the config's
+`eval` section, on held-out tasks -> DIR/eval.json and DIR/eval_episodes.jsonl), e.g.
+
+    python -m biomni_jax.main --config=configs/demo.py --workdir=/tmp/eval --config.mode=eval \
+        --config.eval.model=/tmp/demo/sft --config.eval.data=eval1_sample
+
+A config that cannot be loaded, an unknown override, a bad field value, a missing input path or an
+existing result that would be overwritten ends the process with a one-line error on stderr and exit
+status 2; other failures keep their traceback (status 1).
 """
 
 from __future__ import annotations
@@ -47,10 +52,11 @@ def run(config, workdir: str) -> dict:
     from biomni_jax.pipeline import run_pipeline
 
     return run_pipeline(config, workdir)
-  raise NotImplementedError(
-      f"config field 'mode': {mode!r} is not implemented yet (implemented: 'sft', 'rl', "
-      f"'pipeline'; for evaluation run python -m biomni_jax.eval)"
-  )
+  if mode == "eval":
+    from biomni_jax.eval.evaluate import run_eval_mode
+
+    return run_eval_mode(config, workdir)
+  raise NotImplementedError(f"config field 'mode': {mode!r} is not implemented")
 
 
 def _run_rl(config, workdir: str) -> dict:

@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.preset = "tiny"
-  config.model.init_from = ""  # a Hugging Face Qwen3 directory; "" = random init
+  config.model.init_from = ""  # a Hugging Face Qwen3 dir; "" = random init (pipeline: DIR/base)
   # A little larger than the "tiny" preset: 4 layers, hidden 128, tied embeddings (as Qwen3-0.6B).
   # remat off (short rows fit easily).
   config.model.overrides = ml_collections.ConfigDict(
@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   )
 
   config.tokenizer = ml_collections.ConfigDict()
-  config.tokenizer.path = ""  # "" = the embedded tokenizer; or a Qwen3 tokenizer directory
+  config.tokenizer.path = ""  # "" = the embedded one; or a tokenizer dir (pipeline: DIR/base's)
   config.tokenizer.vocab_size = 2048
 
   config.data = ml_collections.ConfigDict()
@@ -113,12 +113,63 @@ def get_config() -> ml_collections.ConfigDict:
   pipeline.sft_overrides = ml_collections.ConfigDict(
       dict(num_steps=250, eval_every=50, save_every=50)
   )
-  # Optional base-model pretraining (a language model on the task prompts and tool outputs, no assistant
-  # turns; pipeline.py). 0 = SFT starts from a random init. 200 steps (~6 min) fit the documents (eval loss
-  # 1.59) but do not teach copying: on held-out tool outputs the base does not reproduce the ranked id on the
-  # answer line (README, "honest reading"), so the demo skips it.
-  pipeline.pretrain = ml_collections.ConfigDict(dict(num_steps=0, lr=3e-3, warmup_steps=20))
+  # The base model SFT starts from (pipeline.py stage `pretrain`, train/base_model.py). "shipped": the demo
+  # base packaged in biomni_jax/assets/demo_base (or `path`), with its tokenizer; "train": regenerate it in
+  # DIR/pretrain from the fields below (experiments/README.md: schedule, wall time, copy accuracy);
+  # "none": a random init and the embedded tokenizer trained in DIR/sft (SFT then never copies an id).
+  # The curriculum: copy rows (data/copy_rows.py, loss on the copy only) of doubling length [length,
+  # steps], each stage mixing `shorter_fraction` of earlier lengths; then `documents_steps` of the teacher
+  # data's task prompts and tool outputs, each row's rest filled with copy rows. `batch_size` rows of
+  # sft.seq_len tokens per step.
+  pipeline.pretrain = ml_collections.ConfigDict(
+      dict(
+          base="shipped",
+          path="",  # "" = biomni_jax/assets/demo_base
+          copy_stages=[[32, 500], [64, 150], [128, 150], [256, 150], [512, 150], [1024, 150]],
+          shorter_fraction=0.5,
+          documents_steps=200,
+          batch_size=2,
+          lr=3e-3,
+          warmup_steps=20,
+          seed=0,
+          eval_rows=16,
+      )
+  )
   pipeline.eval = ml_collections.ConfigDict(
       dict(split="val", tasks_per_family=6, samples=2, seed=1000)
+  )
+
+  # mode=eval (biomni_jax/eval/evaluate.py): one model -> DIR/eval.json (the table; an existing one is never
+  # replaced) and DIR/eval_episodes.jsonl. model: "" = the run in --workdir; else a run's workdir (newest
+  # checkpoint, or `step`), a pipeline workdir (its RL run), a Hugging Face Qwen3 directory, or "oracle".
+  # data: "" = the embedded families; "eval1_sample" = the 50 Eval1 rows in biomni_jax/env/data; or an
+  # Eval1 .parquet/.jsonl. Instances, sampling and limits are those of the pipeline's evaluation stages.
+  rollout, engine = config.rl.rollout, config.rl.engine
+  config.eval = ml_collections.ConfigDict(
+      dict(
+          model="",
+          step=-1,
+          data="",
+          tasks="",  # comma-separated names; "" = all of the data's
+          split=pipeline.eval.split,
+          tasks_per_family=pipeline.eval.tasks_per_family,
+          task_seed=config.rl.task_seed,
+          limit_per_task=0,  # Eval1: rows per task, 0 = all
+          samples=pipeline.eval.samples,
+          pass_at_k="",  # "" = 1 and samples
+          seed=pipeline.eval.seed,
+          temperature=config.rl.temperature,
+          top_p=rollout.top_p,
+          max_turns=rollout.max_turns,
+          max_context_tokens=rollout.max_context_tokens,
+          max_new_tokens_per_turn=rollout.max_new_tokens_per_turn,
+          use_system_prompt=rollout.use_system_prompt,
+          tool_timeout_s=rollout.tool_timeout_s,
+          max_concurrent_episodes=rollout.max_concurrent_episodes,
+          num_slots=engine.num_slots,
+          max_len=engine.max_len,
+          max_prefill_chunk=engine.max_prefill_chunk,
+          sandbox_workers=config.rl.sandbox_workers,
+      )
   )
   return config

@@ -1,5 +1,5 @@
 """The CLI: runs mode=sft from a config file with overrides; bad input ends with a clear error and a non-zero
-exit status."""
+exit status. (mode=eval end to end: tests/eval/test_main_eval.py.)"""
 
 import pathlib
 import subprocess
@@ -41,7 +41,11 @@ def test_cli_trains_from_config_file_with_overrides(tmp_path):
 @pytest.mark.parametrize(
     "args, status, message",
     [
-        (["--config.mode=eval"], 2, "'mode': 'eval' is not implemented yet"),
+        (
+            ["--config.mode=eval"],
+            2,
+            "config field 'eval.model': ",
+        ),  # the empty workdir has no model
         (
             ["--config.mode=sft", "--config.data.train_path=/no/such.jsonl"],
             2,
