@@ -7,6 +7,9 @@ ones: next-token prediction on the whole text, the objective of the base model t
 `environment_documents` builds the embedded pretraining corpus from teacher trajectories: each
 trajectory's task prompt and tool outputs (user turns), never an assistant turn, so a model pretrained
 on it reads the domain's text (ids, tables, sequences) without ever having seen the agent protocol.
+
+`example_trajectory` wraps any token-level example (a document's, a synthetic copy row's) as a
+Trajectory whose ids and loss mask the SFT loop trains verbatim, so one data file can mix them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 from biomni_jax.data.trajectory import Trajectory, jsonl_rows
 
@@ -67,3 +72,28 @@ def document_examples(texts: Sequence[str], tokenizer) -> list[dict]:
     ids = list(tokenizer.encode(text, add_special_tokens=False)) + [eos]
     out.append({"tokens": ids, "loss_mask": [1] * len(ids)})
   return out
+
+
+def example_trajectory(example: dict, tokenizer, kind: str) -> Trajectory:
+  """A token-level Trajectory of {"tokens", "loss_mask"}: token_ids and loss_mask are the example's;
+  the messages only make the file readable: the tokens before the first learned one as the user
+  turn (omitted when there are none), the rest as the assistant turn. task = {"task_name": kind}."""
+  tokens = np.asarray(example["tokens"], np.int32)
+  mask = np.asarray(example["loss_mask"], np.int32)
+  if tokens.ndim != 1 or tokens.shape != mask.shape or not mask.any():
+    raise ValueError(
+        f"example_trajectory({kind}): expected tokens and loss_mask of one equal 1-D shape with a "
+        f"learned token, found shapes {tokens.shape}, {mask.shape} and {int(mask.sum())} learned"
+    )
+  first = int(np.argmax(mask))
+  if first > 0:  # the copy rows: the token before the first learned one starts the copy
+    first -= 1
+  messages = [{"role": "user", "content": tokenizer.decode(tokens[:first]) or " "}] if first else []
+  messages.append({"role": "assistant", "content": tokenizer.decode(tokens[first:]) or " "})
+  return Trajectory(
+      messages=messages,
+      task={"task_name": kind},
+      reward=0.0,
+      token_ids=tokens,
+      loss_mask=mask,
+  )
