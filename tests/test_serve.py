@@ -1,4 +1,5 @@
-"""serve.py: the `openai` client against the server on 127.0.0.1, over a tiny random model exported to HF format."""
+"""serve.py: the `openai` client against `python -m biomni_jax.serve` subprocesses on 127.0.0.1, over a tiny
+random model exported to HF format; answers are checked against the engine run in this process."""
 
 import os
 import pathlib
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
@@ -16,18 +18,23 @@ import pytest
 
 from biomni_jax import model as M
 from biomni_jax import serve
-from biomni_jax.data.chat import ChatRenderer
 from biomni_jax.data.tokenizer import default_corpus, train_embedded_tokenizer
-from biomni_jax.sampling import Engine, SamplingParams
+from biomni_jax.sampling import SamplingParams, make_engine
 from biomni_jax.tools.export_hf import write_hf_directory
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NAME = "tiny-agent"
 MAX_LEN = 192
+ENGINE_FLAGS = dict(num_slots=8, max_len=MAX_LEN, max_prefill_chunk=64)
 QUESTION = [
     {"role": "system", "content": "Use <execute> for code and <solution> for the answer."},
     {"role": "user", "content": "Which gene is causal? BRCA1, TP53, EGFR"},
 ]
+GENES = ("BRCA1", "TP53", "EGFR", "KRAS", "APOE", "MYC")
+
+
+def gene_question(gene):
+  return [{"role": "user", "content": f"Which gene? {gene}"}]
 
 
 @pytest.fixture(scope="module")
@@ -52,32 +59,70 @@ def hf_dir(tmp_path_factory):
   return str(root / NAME)
 
 
+class LiveServer:
+  """`python -m biomni_jax.serve` on a free port of 127.0.0.1, on `devices` simulated CPU devices."""
+
+  def __init__(self, hf_dir, *flags, devices=1):
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
+    engine = [f"--{k}={v}" for k, v in ENGINE_FLAGS.items()]
+    self.proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "biomni_jax.serve",
+            f"--model={hf_dir}",
+            "--port=0",
+            *engine,
+            *flags,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    line = self.proc.stdout.readline()
+    url = re.search(r"on (http://127\.0\.0\.1:\d+/v1)", line)
+    if not url:
+      self.proc.kill()
+      raise AssertionError(f"unexpected first line from the server: {line!r}")
+    self.url, self.banner = url.group(1), line
+
+  def client(self):
+    return openai.OpenAI(base_url=self.url, api_key="unused", max_retries=0, timeout=120)
+
+  def stop(self) -> int:
+    """SIGINT, as a user's Ctrl-C; the exit status."""
+    self.proc.send_signal(signal.SIGINT)
+    return self.proc.wait(timeout=60)
+
+
 @pytest.fixture(scope="module")
-def server(hf_dir):
-  config, params, tokenizer, name = serve.load_model(model=hf_dir)
-  assert name == NAME
-  engine = Engine(
-      config,
-      params,
-      num_slots=4,
-      max_len=MAX_LEN,
-      max_prefill_chunk=64,
-      decode_block=32,
-      detokenize=tokenizer.decode,
+def live(hf_dir):
+  server = LiveServer(hf_dir)
+  yield server
+  assert server.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def client(live):
+  return live.client()
+
+
+@pytest.fixture(scope="module")
+def service(hf_dir):
+  """The server's engine and renderer in this process: the reference its answers must equal."""
+  layout, params, tokenizer, name = serve.load_model(model=hf_dir)
+  assert name == NAME and (layout.data, layout.tensor) == (1, 1)
+  engine = make_engine(
+      layout.model_config, layout, params, detokenize=tokenizer.decode, **ENGINE_FLAGS
   )
-  service = serve.ChatService(engine, tokenizer, name, request_timeout_s=120)
-  http = serve.make_http_server(service, "127.0.0.1", 0)
-  thread = threading.Thread(target=http.serve_forever, daemon=True)
-  thread.start()
-  yield service, f"http://127.0.0.1:{http.server_address[1]}/v1"
-  http.shutdown()
-  http.server_close()
+  yield serve.ChatService(engine, tokenizer, name)
   engine.shutdown()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-  return openai.OpenAI(base_url=server[1], api_key="unused", max_retries=0, timeout=120)
 
 
 def chat(client, **kwargs):
@@ -87,31 +132,35 @@ def chat(client, **kwargs):
 
 
 def reference(service, max_new_tokens, messages=QUESTION, **params):
-  """(prompt ids, completion) straight from the engine, with the server's stop tokens."""
-  prompt = ChatRenderer(service.tokenizer).prompt_ids(messages)
+  """(prompt ids, completion, its text) straight from the engine, with the server's stop tokens."""
+  prompt = service.renderer.prompt_ids(messages)
   completion = service.engine.generate(
       prompt,
       SamplingParams(
           max_new_tokens=max_new_tokens, stop_token_ids=service.stop_token_ids, **params
       ),
   ).result(timeout=120)
-  return prompt, completion
+  ids = [t for t in completion.token_ids if t not in service.stop_token_ids]
+  return prompt, completion, service.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def test_models_endpoint_lists_the_served_model(client):
+def test_models_endpoint_lists_the_served_model(live, client):
   assert [m.id for m in client.models.list().data] == [NAME]
   assert client.models.retrieve(NAME).id == NAME
+  assert "data=1 x tensor=1" in live.banner
+  assert httpx2.get(live.url.replace("/v1", "/health"), timeout=30).json() == {
+      "status": "ok",
+      "engine_alive": True,
+  }
 
 
-def test_greedy_completion_is_the_engines_text_of_the_rendered_prompt_with_usage(server, client):
-  service, _ = server
-  prompt, completion = reference(service, 24, temperature=0.0)
+def test_greedy_completion_is_the_engines_text_of_the_rendered_prompt_with_usage(service, client):
+  prompt, completion, text = reference(service, 24, temperature=0.0)
   response = chat(client, temperature=0, max_tokens=24)
   choice = response.choices[0]
-  ids = [t for t in completion.token_ids if t not in service.stop_token_ids]
-  assert choice.message.content == service.tokenizer.decode(ids, skip_special_tokens=True)
+  assert choice.message.content == text
   assert choice.message.role == "assistant" and choice.index == 0
-  assert choice.finish_reason == ("length" if completion.finish_reason == "length" else "stop")
+  assert choice.finish_reason == completion.finish_reason
   assert response.usage.prompt_tokens == len(prompt)
   assert response.usage.completion_tokens == len(completion.token_ids)
   assert response.usage.total_tokens == len(prompt) + len(completion.token_ids)
@@ -139,27 +188,50 @@ def test_stop_strings_cut_the_text_before_the_earliest_stop(client):
   assert kept.choices[0].message.content == cut + stop
 
 
-def test_temperature_top_p_and_seed_reach_the_sampler(server, client):
-  service, _ = server
+def test_temperature_top_p_and_seed_reach_the_sampler(service, client):
   greedy = chat(client, temperature=0, max_tokens=16).choices[0].message.content
   # Nucleus sampling with a tiny p keeps only the most likely token: greedy text at any temperature.
-  assert (
-      chat(client, temperature=1.5, top_p=1e-6, max_tokens=16, seed=1).choices[0].message.content
-      == greedy
-  )
+  tiny_p = chat(client, temperature=1.5, top_p=1e-6, max_tokens=16, seed=1)
+  assert tiny_p.choices[0].message.content == greedy
   hot = [
       chat(client, temperature=2.0, max_tokens=16, seed=s).choices[0].message.content
       for s in (7, 7, 8)
   ]
   assert hot[0] == hot[1]
-  _, expected = reference(service, 16, temperature=2.0, seed=7)
-  expected_text = service.tokenizer.decode(
-      [t for t in expected.token_ids if t not in service.stop_token_ids], skip_special_tokens=True
-  )
-  assert hot[0] == expected_text
+  assert hot[0] == reference(service, 16, temperature=2.0, seed=7)[2]
   assert (
       hot[0] != greedy or hot[2] != greedy
   )  # temperature 2 over random weights does not stay greedy
+
+
+def test_n_choices_are_the_requests_with_seeds_seed_plus_i_and_usage_sums_them(client):
+  kwargs = dict(temperature=1.5, max_tokens=12)
+  response = chat(client, n=3, seed=7, **kwargs)
+  singles = [chat(client, seed=7 + i, **kwargs) for i in range(3)]
+  assert [c.index for c in response.choices] == [0, 1, 2]
+  assert [c.message.content for c in response.choices] == [
+      s.choices[0].message.content for s in singles
+  ]
+  assert [c.finish_reason for c in response.choices] == [
+      s.choices[0].finish_reason for s in singles
+  ]
+  assert len({c.message.content for c in response.choices}) > 1  # own seeds: not one sample thrice
+  assert response.usage.prompt_tokens == singles[0].usage.prompt_tokens
+  assert response.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles)
+  assert (
+      response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+  )
+
+
+def stream_texts(chunks, n):
+  """Per choice index: (joined text, finish reasons); and the usage chunk if any."""
+  texts, finishes = [""] * n, [[] for _ in range(n)]
+  for chunk in chunks:
+    for c in chunk.choices:
+      texts[c.index] += c.delta.content or ""
+      if c.finish_reason:
+        finishes[c.index].append(c.finish_reason)
+  return texts, finishes
 
 
 def test_streaming_pieces_add_up_to_the_non_streaming_text(client):
@@ -176,77 +248,139 @@ def test_streaming_pieces_add_up_to_the_non_streaming_text(client):
           stream_options={"include_usage": True},
       )
   )
-  text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-  assert text == expected.choices[0].message.content
-  finishes = [
-      c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
-  ]
-  assert finishes == ["stop"]
+  texts, finishes = stream_texts(chunks, 1)
+  assert texts == [expected.choices[0].message.content] and finishes == [["stop"]]
   assert chunks[0].choices[0].delta.role == "assistant"
-  assert (
-      chunks[-1].choices == []
-      and chunks[-1].usage.completion_tokens == expected.usage.completion_tokens
-  )
+  assert chunks[-1].choices == []
+  assert chunks[-1].usage.completion_tokens == expected.usage.completion_tokens
+
+
+def test_streaming_n_choices_carry_their_index(client):
+  kwargs = dict(temperature=1.5, max_tokens=12, seed=11, n=2)
+  expected = chat(client, **kwargs)
+  chunks = list(chat(client, stream=True, stream_options={"include_usage": True}, **kwargs))
+  texts, finishes = stream_texts(chunks, 2)
+  assert texts == [c.message.content for c in expected.choices]
+  assert finishes == [[c.finish_reason] for c in expected.choices]
+  assert chunks[-1].usage.completion_tokens == expected.usage.completion_tokens
 
 
 def test_concurrent_requests_each_get_their_own_answer(client):
-  questions = [
-      [{"role": "user", "content": f"Which gene? {g}"}]
-      for g in ("BRCA1", "TP53", "EGFR", "KRAS", "APOE")
-  ]
-  alone = [
-      chat(client, messages=q, temperature=0, max_tokens=12).choices[0].message.content
-      for q in questions
-  ]
+  questions = [gene_question(g) for g in GENES[:5]]
+  ask = lambda q: chat(client, messages=q, temperature=0, max_tokens=12).choices[0].message.content
+  alone = [ask(q) for q in questions]
   with ThreadPoolExecutor(len(questions)) as pool:
-    together = list(
-        pool.map(
-            lambda q: chat(client, messages=q, temperature=0, max_tokens=12)
-            .choices[0]
-            .message.content,
-            questions,
-        )
-    )
+    together = list(pool.map(ask, questions))
   assert together == alone
+
+
+def test_load_48_clients_96_requests_all_answered_with_their_own_text(live, client):
+  """Every request is answered (the http.server version lost 6-43 of 96 to connection resets) and each
+  greedy answer is the one its question gets alone."""
+  alone = {g: chat(client, messages=gene_question(g), temperature=0, max_tokens=8) for g in GENES}
+  answers, failures = [], []
+  lock = threading.Lock()
+
+  def one_client(k):
+    own = live.client()  # a client of its own: its own connections
+    for j in range(2):
+      gene = GENES[(2 * k + j) % len(GENES)]
+      try:
+        r = chat(own, messages=gene_question(gene), temperature=0, max_tokens=8)
+        with lock:
+          answers.append((gene, r.choices[0].message.content, r.usage.completion_tokens))
+      except Exception as e:  # noqa: BLE001 - every failure is counted and reported
+        with lock:
+          failures.append(repr(e))
+
+  start = time.monotonic()
+  threads = [threading.Thread(target=one_client, args=(k,)) for k in range(48)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  elapsed = time.monotonic() - start
+  assert failures == [], f"{len(failures)} of 96 requests failed, e.g. {failures[:3]}"
+  assert len(answers) == 96
+  for gene, text, tokens in answers:
+    assert (text, tokens) == (
+        alone[gene].choices[0].message.content,
+        alone[gene].usage.completion_tokens,
+    )
+  assert elapsed < 60, f"96 requests from 48 clients took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("mesh", [("--mesh_tensor=2",), ("--mesh_data=2", "--mesh_tensor=1")])
+def test_two_device_sampler_mesh_gives_the_one_device_greedy_tokens(hf_dir, client, mesh):
+  questions = [QUESTION] + [gene_question(g) for g in GENES[:4]]
+  ask = lambda c, q, model: c.chat.completions.create(
+      model=model, messages=q, temperature=0, max_tokens=24
+  )
+  one_device = [ask(client, q, NAME) for q in questions]
+  server = LiveServer(hf_dir, "--served_model_name=mesh-model", *mesh, devices=2)
+  try:
+    data, tensor = (2, 1) if "--mesh_data=2" in mesh else (1, 2)
+    assert f"data={data} x tensor={tensor}" in server.banner
+    meshed = server.client()
+    with ThreadPoolExecutor(
+        len(questions)
+    ) as pool:  # concurrent: data=2 spreads them over both replicas
+      two_devices = list(pool.map(lambda q: ask(meshed, q, "mesh-model"), questions))
+  finally:
+    assert server.stop() == 0
+  for a, b in zip(one_device, two_devices):
+    assert b.choices[0].message.content == a.choices[0].message.content
+    assert (b.usage.completion_tokens, b.choices[0].finish_reason) == (
+        a.usage.completion_tokens,
+        a.choices[0].finish_reason,
+    )
+  assert len({r.choices[0].message.content for r in one_device}) > 1
 
 
 @pytest.mark.parametrize(
     "body, status, param, code",
     [
         ({"model": NAME}, 400, "messages", "missing_required_parameter"),
+        ({"messages": QUESTION}, 400, "model", "missing_required_parameter"),
         ({"model": NAME, "messages": []}, 400, "messages", "empty_array"),
         (
-            {"model": NAME, "messages": QUESTION, "temperature": 3},
+            {**{"model": NAME, "messages": QUESTION}, "temperature": 3},
             400,
             "temperature",
             "decimal_above_max_value",
         ),
         (
-            {"model": NAME, "messages": QUESTION, "temperature": -0.5},
+            {**{"model": NAME, "messages": QUESTION}, "temperature": -0.5},
             400,
             "temperature",
             "decimal_below_min_value",
         ),
         (
-            {"model": NAME, "messages": QUESTION, "temperature": "hot"},
+            {**{"model": NAME, "messages": QUESTION}, "temperature": "hot"},
             400,
             "temperature",
             "invalid_type",
         ),
         (
-            {"model": NAME, "messages": QUESTION, "top_p": 1.5},
+            {**{"model": NAME, "messages": QUESTION}, "max_tokens": True},
+            400,
+            "max_tokens",
+            "invalid_type",
+        ),
+        (
+            {**{"model": NAME, "messages": QUESTION}, "top_p": 1.5},
             400,
             "top_p",
             "decimal_above_max_value",
         ),
         (
-            {"model": NAME, "messages": QUESTION, "max_tokens": 0},
+            {**{"model": NAME, "messages": QUESTION}, "max_tokens": 0},
             400,
             "max_tokens",
             "integer_out_of_range",
         ),
-        ({"model": NAME, "messages": QUESTION, "n": 2}, 400, "n", "unsupported_value"),
-        ({"model": NAME, "messages": QUESTION, "stop": [""]}, 400, "stop", "invalid_value"),
+        ({**{"model": NAME, "messages": QUESTION}, "n": 0}, 400, "n", "integer_out_of_range"),
+        ({**{"model": NAME, "messages": QUESTION}, "stop": [""]}, 400, "stop[0]", "invalid_value"),
         (
             {"model": NAME, "messages": [{"role": "tool", "content": "x"}]},
             400,
@@ -257,16 +391,46 @@ def test_concurrent_requests_each_get_their_own_answer(client):
             {"model": NAME, "messages": [{"role": "user"}]},
             400,
             "messages[0].content",
+            "missing_required_parameter",
+        ),
+        (
+            {"model": NAME, "messages": [{"role": "user", "content": ""}]},
+            400,
+            "messages[0].content",
             "invalid_value",
         ),
         (
-            {"model": NAME, "messages": QUESTION, "tools": [{"type": "function"}]},
+            {"model": NAME, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            400,
+            "messages[0].content",
+            "invalid_value",
+        ),
+        (
+            {**{"model": NAME, "messages": QUESTION}, "tools": [{"type": "function"}]},
             400,
             "tools",
             "unsupported_parameter",
         ),
         (
-            {"model": NAME, "messages": QUESTION, "max_tokens": MAX_LEN},
+            {**{"model": NAME, "messages": QUESTION}, "logprobs": True},
+            400,
+            "logprobs",
+            "unsupported_parameter",
+        ),
+        (
+            {**{"model": NAME, "messages": QUESTION}, "presence_penalty": 1.0},
+            400,
+            "presence_penalty",
+            "unsupported_value",
+        ),
+        (
+            {**{"model": NAME, "messages": QUESTION}, "max_tokens": MAX_LEN},
+            400,
+            "messages",
+            "context_length_exceeded",
+        ),
+        (
+            {**{"model": NAME, "messages": QUESTION}, "max_tokens": MAX_LEN, "stream": True},
             400,
             "messages",
             "context_length_exceeded",
@@ -281,65 +445,57 @@ def test_bad_requests_get_openai_style_errors(client, body, status, param, code)
   assert error.status_code == status
   assert set(error.body) == {"message", "type", "param", "code"}
   assert (error.param, error.code, error.type) == (param, code, "invalid_request_error")
-  assert error.body["message"]
+  assert param in error.body["message"] or code == "context_length_exceeded"
 
 
-def test_malformed_http_gets_json_errors(server):
-  base = server[1]
-  bad_json = httpx2.post(f"{base}/chat/completions", content=b"{not json", timeout=30)
-  assert (
-      bad_json.status_code == 400
-      and "could not parse the JSON body" in bad_json.json()["error"]["message"]
+def test_text_content_parts_and_developer_role_are_accepted(client):
+  plain = chat(client, temperature=0, max_tokens=8)
+  parts = [
+      {"role": "developer", "content": QUESTION[0]["content"]},
+      {
+          "role": "user",
+          "content": [
+              {"type": "text", "text": "Which gene is causal? "},
+              {"type": "text", "text": "BRCA1, TP53, EGFR"},
+          ],
+      },
+  ]
+  assert chat(client, messages=parts, temperature=0, max_tokens=8).choices[0].message.content == (
+      plain.choices[0].message.content
   )
-  assert httpx2.get(f"{base}/nothing", timeout=30).status_code == 404
+
+
+def test_malformed_http_gets_json_errors(live):
+  base = live.url
+  bad_json = httpx2.post(
+      f"{base}/chat/completions",
+      content=b"{not json",
+      headers={"content-type": "application/json"},
+      timeout=30,
+  )
+  assert bad_json.status_code == 400
+  assert "could not parse the JSON body" in bad_json.json()["error"]["message"]
+  not_object = httpx2.post(f"{base}/chat/completions", json=[1, 2], timeout=30)
+  assert not_object.status_code == 400 and not_object.json()["error"]["code"] == "invalid_type"
+  nothing = httpx2.get(f"{base}/nothing", timeout=30)
+  assert nothing.status_code == 404 and nothing.json()["error"]["code"] == "unknown_url"
   wrong_method = httpx2.get(f"{base}/chat/completions", timeout=30)
-  assert (
-      wrong_method.status_code == 405
-      and wrong_method.json()["error"]["code"] == "method_not_allowed"
-  )
+  assert wrong_method.status_code == 405
+  assert wrong_method.json()["error"]["code"] == "method_not_allowed"
   assert httpx2.get(f"{base}/models/other", timeout=30).json()["error"]["code"] == "model_not_found"
 
 
-def test_python_dash_m_serves_and_rejects_a_missing_model(hf_dir, tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  missing = subprocess.run(
-      [sys.executable, "-m", "biomni_jax.serve", f"--model={tmp_path / 'nope'}"],
+def test_cli_rejects_a_missing_model_or_a_mesh_that_does_not_fit(hf_dir, tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  run = lambda *flags: subprocess.run(
+      [sys.executable, "-m", "biomni_jax.serve", *flags],
       capture_output=True,
       text=True,
       cwd=REPO,
       env=env,
       timeout=120,
   )
+  missing = run(f"--model={tmp_path / 'nope'}")
   assert missing.returncode == 2 and "is not a directory" in missing.stderr
-  proc = subprocess.Popen(
-      [
-          sys.executable,
-          "-m",
-          "biomni_jax.serve",
-          f"--model={hf_dir}",
-          "--port=0",
-          "--max_len=128",
-          "--num_slots=2",
-          "--served_model_name=cli-model",
-      ],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.DEVNULL,
-      text=True,
-      cwd=REPO,
-      env=env,
-  )
-  try:
-    line = proc.stdout.readline()
-    url = re.search(r"on (http://127\.0\.0\.1:\d+/v1)", line)
-    assert url, f"unexpected first line {line!r}"
-    cli = openai.OpenAI(base_url=url.group(1), api_key="unused", max_retries=0, timeout=120)
-    response = cli.chat.completions.create(
-        model="cli-model", messages=QUESTION, max_tokens=4, temperature=0
-    )
-    assert response.usage.completion_tokens <= 4 and response.choices[0].finish_reason in (
-        "stop",
-        "length",
-    )
-  finally:
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 0
+  too_big = run(f"--model={hf_dir}", "--mesh_tensor=2")
+  assert too_big.returncode == 2 and "does not fit the 1 devices" in too_big.stderr
