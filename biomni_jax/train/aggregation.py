@@ -19,8 +19,12 @@ a count of those units:
   seq-mean-token-sum-norm   (Dr.GRPO)
       loss_sum = sum_s (sum_{t in s} m_t x_t) / token_sum_norm
       denom    = #{sequences s with at least one loss token}
-      token_sum_norm is a constant (for example the maximum response length),
-      so no sequence's length rescales its gradient.
+      token_sum_norm is a constant of the run (Dr.GRPO: the maximum response
+      length; the trainers use their row length, rl.seq_len or sft.seq_len), so
+      no sequence's length rescales its gradient. It is required: taking it
+      from each call's padded length T would weight micro-batches or packed
+      rows padded to different lengths differently and break the invariance
+      above.
 
 A "sequence" is a row of the batch, or, when ``segment_ids`` [B, T] int32 is
 given (packed rows), a (row, segment id) pair; segment id 0 is padding and is
@@ -114,12 +118,18 @@ def seq_mean_token_sum_norm(
 ) -> tuple[Array, Array]:
   """sum over sequences of (masked token sum / token_sum_norm); denominator = #sequences.
 
-  token_sum_norm defaults to T (the padded length), which is Dr.GRPO's
-  "maximum generation length" when rows are padded to it.
+  token_sum_norm: the run's constant normaliser (> 0), the same in every call (see the module
+  docstring); there is no default.
   """
   _check_shapes(values_bt, mask_bt, "seq-mean-token-sum-norm")
-  norm = float(values_bt.shape[1] if token_sum_norm is None else token_sum_norm)
-  if norm <= 0:
+  if token_sum_norm is None:
+    raise ValueError(
+        "seq-mean-token-sum-norm: token_sum_norm is required: a constant of the run, the same for "
+        "every micro-batch (Dr.GRPO: the maximum response length, e.g. the training row length "
+        "rl.seq_len or sft.seq_len); found None"
+    )
+  norm = float(token_sum_norm)
+  if not norm > 0:
     raise ValueError(f"seq-mean-token-sum-norm: token_sum_norm must be > 0, found {norm}")
   value_sum, count = _per_sequence_sums(
       values_bt.astype(jnp.float32), mask_bt.astype(jnp.float32), segment_ids

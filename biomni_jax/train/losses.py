@@ -62,7 +62,9 @@ class PolicyLossConfig:
     kl_estimator: key of ``KL_ESTIMATORS`` ("k1", "k2", "k3").
     entropy_coef: weight of the entropy bonus; 0 disables.
     aggregation: key of ``aggregation.AGGREGATIONS``.
-    token_sum_norm: constant normalizer for "seq-mean-token-sum-norm" (default T).
+    token_sum_norm: the run's constant normaliser of "seq-mean-token-sum-norm" (Dr.GRPO: the
+      maximum response length; RL uses its row length rl.seq_len); required by that mode, ignored
+      by the others. ``from_config`` fills it from ``default_token_sum_norm`` when unset.
   """
 
   policy_loss: str = "ppo_clip"
@@ -99,12 +101,31 @@ class PolicyLossConfig:
       )
     if self.tis_cap is not None and self.tis_cap <= 0:
       raise ValueError(f"PolicyLossConfig.tis_cap: expected > 0 or None, found {self.tis_cap}")
+    if self.token_sum_norm is not None and not self.token_sum_norm > 0:
+      raise ValueError(
+          f"PolicyLossConfig.token_sum_norm: expected > 0 or None, found {self.token_sum_norm}"
+      )
+    if self.aggregation == "seq-mean-token-sum-norm" and self.token_sum_norm is None:
+      raise ValueError(
+          "PolicyLossConfig.token_sum_norm: aggregation 'seq-mean-token-sum-norm' needs the run's "
+          "constant normaliser (Dr.GRPO: the maximum response length, e.g. the row length "
+          "rl.seq_len); found None"
+      )
 
   @classmethod
-  def from_config(cls, cfg: Mapping[str, Any]) -> "PolicyLossConfig":
-    """Build from a ConfigDict/dict holding (a subset of) the fields; unknown keys are ignored."""
+  def from_config(
+      cls, cfg: Mapping[str, Any], *, default_token_sum_norm: Optional[float] = None
+  ) -> "PolicyLossConfig":
+    """Build from a ConfigDict/dict holding (a subset of) the fields; unknown keys are ignored.
+
+    default_token_sum_norm: the value of ``token_sum_norm`` when cfg leaves it out or sets it to
+      None (the trainer passes its row length, a constant of the run).
+    """
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: cfg[k] for k in names if k in cfg})
+    fields = {k: cfg[k] for k in names if k in cfg}
+    if fields.get("token_sum_norm") is None and default_token_sum_norm is not None:
+      fields["token_sum_norm"] = float(default_token_sum_norm)
+    return cls(**fields)
 
 
 def ppo_clip(logp: Array, logp_old: Array, adv: Array, cfg: PolicyLossConfig) -> tuple[Array, dict]:
