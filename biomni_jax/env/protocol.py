@@ -110,23 +110,51 @@ class ParsedReply:
   repair: str | None = None
 
 
-def _block_regex(tag: str) -> re.Pattern:
-  return re.compile(rf"<{tag}>(.*?)</{tag}>", re.DOTALL | re.IGNORECASE)
+# Tags match case-insensitively in ASCII only. Unicode case mapping would make the Kelvin sign a "k"
+# (`<thin\u212a>` a think tag) and, since "\u0130".lower() is two characters, would shift every
+# index found in text.lower() against text.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _ascii_lower(text: str) -> str:
+  """text with A-Z lower-cased and every other character kept (same length, same indices)."""
+  return text.translate(_ASCII_LOWER)
+
+
+def _first_block_span(tag: str, text: str) -> tuple[int, int, str] | None:
+  """(start, end, body) of the first `<tag>body</tag>` in text, or None.
+
+  The first opening tag with a closing tag after it, closed by the first such closing tag (what
+  the regex `<tag>(.*?)</tag>` finds), in linear time: if the first opening tag has no closing
+  tag after it no later one has, so only one opening tag is ever tried. (A regex search retries
+  from every opening tag: quadratic on degenerate replies of thousands of unclosed tags.)
+  """
+  lower = _ascii_lower(text)
+  open_tag, close_tag = f"<{tag}>", f"</{tag}>"
+  start = lower.find(open_tag)
+  if start < 0:
+    return None
+  close_at = lower.find(close_tag, start + len(open_tag))
+  if close_at < 0:
+    return None
+  return start, close_at + len(close_tag), text[start + len(open_tag) : close_at]
 
 
 def _first_block(tag: str, text: str) -> str | None:
-  match = _block_regex(tag).search(text)
-  return match.group(1).strip() if match else None
+  span = _first_block_span(tag, text)
+  return span[2].strip() if span else None
 
 
 def _split_think(text: str, cfg: ProtocolConfig) -> tuple[str | None, str]:
   """(stripped reasoning or None, the reply with the reasoning removed)."""
   open_tag, close_tag = f"<{cfg.think_tag}>", f"</{cfg.think_tag}>"
-  match = _block_regex(cfg.think_tag).search(text)
-  if match:
-    return match.group(1).strip(), text[: match.start()] + text[match.end() :]
-  close_at = text.lower().find(close_tag)
-  if close_at >= 0 and open_tag not in text[:close_at].lower():
+  span = _first_block_span(cfg.think_tag, text)
+  if span:
+    start, end, body = span
+    return body.strip(), text[:start] + text[end:]
+  lower = _ascii_lower(text)
+  close_at = lower.find(close_tag)
+  if close_at >= 0 and open_tag not in lower[:close_at]:
     return text[:close_at].strip(), text[close_at + len(close_tag) :]
   return None, text
 
@@ -134,7 +162,7 @@ def _split_think(text: str, cfg: ProtocolConfig) -> tuple[str | None, str]:
 def parse_reply(text: str, cfg: ProtocolConfig = DEFAULT_CONFIG) -> ParsedReply:
   """Split one assistant reply into think / execute code / solution, or say how to repair it.
 
-  Tags match case-insensitively. The reasoning (the first think block; or everything before a
+  Tags match case-insensitively (ASCII letters only). The reasoning (the first think block; or everything before a
   `</think>` whose opening tag the chat template already supplied) is set aside first, so tags
   merely mentioned while reasoning do not route the reply. In the rest: both action tags -> error
   (multiple tags); neither -> error (no tags); an action tag opened but not closed, or closed but
@@ -144,7 +172,7 @@ def parse_reply(text: str, cfg: ProtocolConfig = DEFAULT_CONFIG) -> ParsedReply:
   if not isinstance(text, str):
     raise TypeError(f"parse_reply: expected the reply as str, found {type(text).__name__}")
   think, text = _split_think(text, cfg)
-  lower = text.lower()
+  lower = _ascii_lower(text)
   ex, ans = cfg.execute_tag, cfg.answer_tag
   has_execute = f"<{ex}>" in lower or f"</{ex}>" in lower
   has_answer = f"<{ans}>" in lower or f"</{ans}>" in lower
@@ -201,7 +229,10 @@ def format_observation(output: str, cfg: ProtocolConfig = DEFAULT_CONFIG) -> str
 def _message_format_ok(content: str, *, is_last: bool, cfg: ProtocolConfig) -> bool:
   """One assistant message's format rule (see format_reward)."""
   tag_names = "|".join(re.escape(t) for t in (cfg.think_tag, cfg.execute_tag, cfg.answer_tag))
-  tags = [m.group(0).lower() for m in re.finditer(rf"</?(?:{tag_names})>", content, re.IGNORECASE)]
+  tags = [
+      _ascii_lower(m.group(0))
+      for m in re.finditer(rf"</?(?:{tag_names})>", content, re.IGNORECASE | re.ASCII)
+  ]
   # Exactly think-open, think-close, action-open, action-close, in that order. This also rules
   # out action tags inside think and any think tags after it.
   if len(tags) != 4:
@@ -219,9 +250,9 @@ def format_reward(assistant_messages: Sequence[str], cfg: ProtocolConfig | None 
   """1.0 iff the whole trajectory follows the protocol, else 0.0.
 
   Every assistant message must be `<think>...</think>` followed by exactly one of
-  `<execute>...</execute>` or `<answer_tag>...</answer_tag>` (tags counted case-insensitively;
-  free text around the blocks is allowed); no action tag inside think; only the last message may
-  hold the answer block, and the last message must hold one. An empty trajectory scores 0.0.
+  `<execute>...</execute>` or `<answer_tag>...</answer_tag>` (tags counted case-insensitively in
+  ASCII; free text around the blocks is allowed); no action tag inside think; only the last message
+  may hold the answer block, and the last message must hold one. An empty trajectory scores 0.0.
   """
   cfg = cfg or DEFAULT_CONFIG
   if not assistant_messages:
