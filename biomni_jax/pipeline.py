@@ -156,6 +156,8 @@ def eval_settings(config):
       max_prefill_chunk=int(e.max_prefill_chunk),
       sandbox_workers=field(config, "rl.sandbox_workers", int, default=2),
       seed=field(config, "pipeline.eval.seed", int, default=1000),
+      mesh_data=field(config, "rl.engine.mesh.data", int, default=1),
+      mesh_tensor=field(config, "rl.engine.mesh.tensor", int, default=1),
   )
 
 

@@ -95,7 +95,11 @@ def get_config() -> ml_collections.ConfigDict:
           use_system_prompt=False,
       )
   )
-  rl.engine = ml_collections.ConfigDict(dict(num_slots=16, max_len=2048, max_prefill_chunk=256))
+  # The sampler of each host: `mesh` = data replicas x tensor-parallel devices of the host's own devices
+  # (sampling/layout.py; -1 = the rest of them). One device here; the 8B/32B recipes use tensor=4.
+  rl.engine = ml_collections.ConfigDict(
+      dict(num_slots=16, max_len=2048, max_prefill_chunk=256, mesh=dict(data=1, tensor=1))
+  )
   rl.sandbox_workers = 2
   rl.get_groups_timeout_s = 0.0  # 0 = wait as long as it takes
   rl.save_every = 2

@@ -92,7 +92,11 @@ def get_config():
           overlong_threshold=32_768,
       )
   )
-  rl.engine = ml_collections.ConfigDict(dict(num_slots=64, max_len=65_536, max_prefill_chunk=4_096))
+  # One sampler per v5p host: 4 chips, tensor-parallel (8 KV heads / 4). 8 full-length sessions hold
+  # their KV cache at once (41 GiB per chip at 16); idle sessions beyond that wait in host memory.
+  rl.engine = ml_collections.ConfigDict(
+      dict(num_slots=8, max_len=65_536, max_prefill_chunk=4_096, mesh=dict(data=1, tensor=4))
+  )
   rl.sandbox_workers = 64
   rl.get_groups_timeout_s = 0.0
   rl.save_every = 5

@@ -157,6 +157,9 @@ class ModelEvalSettings:
   max_prefill_chunk: int = 256
   sandbox_workers: int = 2
   seed: int = 1000
+  # The sampler mesh of each host (sampling/layout.py): data replicas x tensor-parallel devices.
+  mesh_data: int = 1
+  mesh_tensor: int = 1
 
   @classmethod
   def from_mapping(cls, values: Mapping[str, Any]) -> "ModelEvalSettings":
@@ -180,17 +183,24 @@ def run_model(
 ) -> list[EpisodeRecord]:
   """n_samples episodes per instance by the model (agents.ModelAgent) through the engine and rollout pool.
 
-  All instances run as one batch of groups (one group of n_samples per instance) at a fixed weight version.
+  All instances run as one batch of groups (one group of n_samples per instance) at a fixed weight version,
+  on the sampler mesh settings.mesh_data x mesh_tensor of this host's devices. On several hosts each host
+  plays instances process_index, process_index + P, ... and every host returns all records (a collective:
+  every host calls this with the same instances).
   sandbox: a SandboxPool to use (default: a new one of settings.sandbox_workers, closed at the end).
   Records come back in instance order; an instance whose episodes all failed (engine errors) is missing.
   """
   from biomni_jax.env.sandbox import SandboxPool
   from biomni_jax.rollout.config import RolloutConfig
   from biomni_jax.rollout.pool import RolloutPool
-  from biomni_jax.sampling import Engine
-  from biomni_jax.sharding import ShardingRules, make_mesh
+  from biomni_jax import distributed
+  from biomni_jax.sampling import SamplerLayout, make_engine
 
   _check(instances, environments, n_samples)
+  everything = list(instances)
+  instances = everything[distributed.process_index() :: distributed.process_count()]
+  if not instances:  # more hosts than instances: this host only joins the gather
+    return _gather_records([], everything)
 
   cfg = RolloutConfig(
       group_size=n_samples,
@@ -207,10 +217,11 @@ def run_model(
       use_system_prompt=settings.use_system_prompt,
       seed=settings.seed,
   )
-  engine = Engine(
+  layout = SamplerLayout.create(agent.model_config, settings.mesh_data, settings.mesh_tensor)
+  engine = make_engine(
       agent.model_config,
+      layout,
       agent.params,
-      ShardingRules(make_mesh()),
       num_slots=settings.num_slots,
       max_len=settings.max_len,
       detokenize=agent.tokenizer.decode,
@@ -256,7 +267,22 @@ def run_model(
               messages,
           )
       )
-  return records
+  return _gather_records(records, everything)
+
+
+def _gather_records(records: list[EpisodeRecord], instances: Sequence[TaskInstance]) -> list:
+  """Every host's records (each host played its share of `instances`), in instance order, on every host;
+  one host: `records` as they are."""
+  from biomni_jax import distributed
+
+  if distributed.process_count() == 1:
+    return records
+  rows = [
+      row for host in distributed.allgather_json([r.to_json() for r in records]) for row in host
+  ]
+  order = {x.instance_id: i for i, x in enumerate(instances)}
+  rows.sort(key=lambda r: (order[r["instance_id"]], r["sample_index"]))
+  return [EpisodeRecord(**row) for row in rows]
 
 
 # ------------------------------------------------------------------------------------------- summaries

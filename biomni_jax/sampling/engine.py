@@ -126,6 +126,10 @@ class Engine:
         {}
     )  # session id -> session holding a host copy, oldest first
     self._param_shardings = None if self.rules is None else M.param_shardings(config, self.rules)
+    self._cast = jax.jit(
+        lambda tree: jax.tree.map(lambda x: x.astype(config.compute_dtype), tree),
+        out_shardings=self._param_shardings,
+    )
     self._params, self._version = self._place(params), int(version)
     self._decode_params = unstack_layers(self._params)
     self._steps = StepCompiler(config, self.rules, decode_block)
@@ -221,15 +225,16 @@ class Engine:
   def update_params(self, params, version: int) -> None:
     """New weights for every decode step after the current one; tokens record `version`.
 
-    Same structure, shapes and dtypes as the current params (so nothing recompiles). K/V already in a
-    session's cache stay as computed by the older params. The engine keeps the stacked params (prefill)
-    and a per-layer copy (decode), i.e. twice the weights' memory.
+    Same structure and shapes as the current params (so nothing recompiles); any float dtype (the
+    engine keeps them in the compute dtype). K/V already in a session's cache stay as computed by the
+    older params. The engine keeps the stacked params (prefill) and a per-layer copy (decode), i.e.
+    twice the weights' memory.
     """
-    old = jax.tree.map(lambda x: (x.shape, x.dtype), self._params)
-    new = jax.tree.map(lambda x: (x.shape, x.dtype), params)
+    old = jax.tree.map(lambda x: x.shape, self._params)
+    new = jax.tree.map(lambda x: x.shape, params)
     if jax.tree.structure(old) != jax.tree.structure(new) or old != new:
       raise ValueError(
-          "Engine.update_params: params differ from the engine's in structure, shape or dtype; "
+          "Engine.update_params: params differ from the engine's in structure or shape; "
           f"expected {old}, found {new}"
       )
     placed = self._place(params)
@@ -249,9 +254,14 @@ class Engine:
   # ------------------------------------------------------------------------------------------ the loop
 
   def _place(self, params):
-    if self._param_shardings is None:
-      return jax.device_put(params)
-    return jax.device_put(params, self._param_shardings)
+    """The params on the engine's devices in the compute dtype: every use casts a weight to it before
+    multiplying (model.qwen3, decode.py), so a bfloat16 model samples exactly as from float32 weights,
+    in half the memory."""
+    dtype = self.config.compute_dtype
+    placed = jax.device_put(params, self._param_shardings)
+    if all(x.dtype == dtype for x in jax.tree.leaves(placed)):
+      return placed
+    return self._cast(placed)
 
   def _run(self) -> None:
     while True:

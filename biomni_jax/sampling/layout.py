@@ -16,6 +16,7 @@ mesh and each replica copies the host-local value onto its devices.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -74,7 +75,10 @@ class SamplerLayout:
     self._publish_shardings = M.param_shardings(
         model_config, ShardingRules(publish_mesh, SAMPLER_RULES)
     )
-    self._reshard = jax.jit(_copy, out_shardings=self._publish_shardings)
+    self._reshard = jax.jit(
+        functools.partial(_copy, dtype=model_config.compute_dtype),
+        out_shardings=self._publish_shardings,
+    )
     self._replicate: dict[Mesh, Any] = {}  # trainer mesh -> jitted copy to replicated
 
   @classmethod
@@ -108,8 +112,8 @@ class SamplerLayout:
 
   def publish(self, params) -> list[Any]:
     """The trainer's params (any layout over the trainer's mesh) -> one param tree per local engine
-    replica, on that replica's devices. A collective: every process calls it at the same step. The
-    result shares no buffer with `params` (the train step may donate them)."""
+    replica, on that replica's devices, in the compute dtype. A collective: every process calls it at the
+    same step. The result shares no buffer with `params` (the train step may donate them)."""
     trainer_devices = _device_order(params)
     if trainer_devices == tuple(self.publish_mesh.devices.flat):
       return self._publish_by_resharding(params)
@@ -131,11 +135,12 @@ class SamplerLayout:
   def _publish_by_replicating(self, params) -> list[Any]:
     mesh = getattr(jax.tree.leaves(params)[0].sharding, "mesh", None)
     if mesh is None:  # plain single-device arrays
-      params = jax.tree.map(jnp.copy, params)
+      params = _copy(params, self.model_config.compute_dtype)
     elif mesh not in self._replicate:
       replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
       self._replicate[mesh] = jax.jit(
-          _copy, out_shardings=jax.tree.map(lambda _: replicated, params)
+          functools.partial(_copy, dtype=self.model_config.compute_dtype),
+          out_shardings=jax.tree.map(lambda _: replicated, params),
       )
     if mesh is not None:
       params = self._replicate[mesh](params)
@@ -143,8 +148,9 @@ class SamplerLayout:
     return [jax.device_put(local, self.replica_shardings(r)) for r in range(self.data)]
 
 
-def _copy(tree):
-  return jax.tree.map(jnp.copy, tree)
+def _copy(tree, dtype):
+  """A copy in the sampler's dtype (the engine computes in it; half the bytes to move for bfloat16)."""
+  return jax.tree.map(lambda x: jnp.copy(x).astype(dtype), tree)
 
 
 def _device_order(params) -> tuple:

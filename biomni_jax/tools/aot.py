@@ -4,13 +4,19 @@
 
 Lowers the step at the config's full sequence length for the topology's devices with libtpu
 (`pip install -e .[tpu]`), compiles it, and prints per-chip argument / temporary / peak bytes against the
-chip's HBM and the step's FLOPs. Exits 1 when the program does not fit (XLA's RESOURCE_EXHAUSTED at compile
-time, or a peak above HBM), 2 on a bad config.
+chip's HBM and the step's FLOPs. For an RL config it also compiles the engine's prefill and decode steps
+on one host's chips (`--host_topology`, default the generation's 4-chip host) on the sampler mesh
+`rl.engine.mesh` at `rl.engine.num_slots x max_len`, and reports what trainer and sampler hold per chip
+when colocated: the sampler's weights (two copies: stacked for prefill, per layer for decode) and KV cache
+stay resident through the train step, so colocated = train-step peak + sampler resident, and the sampler's
+own peak = sampler resident + its larger step's temporaries + the trainer state. Exits 1 when a program
+does not fit (XLA's RESOURCE_EXHAUSTED at compile time, or a peak above HBM), 2 on a bad config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -37,6 +43,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "TPU topology, e.g. v5p:2x2x4 (default: config.aot.topology)"
 )
+_HOST_TOPOLOGY = flags.DEFINE_string(
+    "host_topology", None, "one host's chips, for the sampler (default: HOST_TOPOLOGY[generation])"
+)
 
 # HBM per chip, bytes.
 HBM_BYTES = {
@@ -46,6 +55,8 @@ HBM_BYTES = {
     "v5p": 95 << 30,
     "v6e": 32 << 30,
 }
+# The chips of one host (what one sampler mesh may span).
+HOST_TOPOLOGY = {"v4": "v4:2x2x1", "v5p": "v5p:2x2x1", "v5e": "v5e:2x4", "v6e": "v6e:2x4"}
 # Peak dense bf16 FLOP/s per chip, for the step-time estimate.
 PEAK_FLOPS = {"v4": 275e12, "v5e": 197e12, "v5litepod": 197e12, "v5p": 459e12, "v6e": 918e12}
 
@@ -89,6 +100,140 @@ class AotReport:
             f"compiled in {self.compile_seconds:.0f} s",
         ]
     )
+
+
+@dataclasses.dataclass
+class SamplerReport:
+  """Per chip of one engine replica: its resident bytes and its steps' temporaries."""
+
+  host_topology: str
+  mesh: dict
+  num_slots: int
+  cache_len: int
+  prefill_shape: tuple
+  params_bytes: int  # one copy of the weights (compute dtype) per chip
+  cache_bytes: int
+  prefill_temp_bytes: int
+  decode_temp_bytes: int
+  compile_seconds: float
+
+  @property
+  def resident_bytes(self) -> int:
+    return 2 * self.params_bytes + self.cache_bytes
+
+  @property
+  def peak_bytes(self) -> int:
+    return self.resident_bytes + max(self.prefill_temp_bytes, self.decode_temp_bytes)
+
+  def __str__(self) -> str:
+    gib = lambda b: f"{b / 2**30:.2f} GiB"
+    return (
+        f"sampler on {self.host_topology}, mesh {self.mesh}: {self.num_slots} slots x "
+        f"{self.cache_len} positions, prefill {self.prefill_shape[0]} x {self.prefill_shape[1]}; "
+        f"per chip: weights {gib(self.params_bytes)} x 2, KV cache {gib(self.cache_bytes)}, "
+        f"resident {gib(self.resident_bytes)}; temporaries prefill {gib(self.prefill_temp_bytes)}, "
+        f"decode {gib(self.decode_temp_bytes)}; peak {gib(self.peak_bytes)} "
+        f"(compiled in {self.compile_seconds:.0f} s)"
+    )
+
+
+def compile_sampler(cfg, model_config, host_topology: str) -> SamplerReport:
+  """The engine's prefill (max rows x max chunk) and decode programs for one replica of the config's
+  sampler mesh on `host_topology`'s chips, compiled at the config's num_slots and max_len."""
+  from biomni_jax.sampling import kv_cache
+  from biomni_jax.sampling.steps import StepCompiler
+  from biomni_jax.sharding import SAMPLER_RULES
+
+  engine = cfg.rl.engine
+  sizes = dict(engine.get("mesh", {}) or {})
+  tensor = int(sizes.get("tensor", 1))
+  devices = tpu_devices(host_topology)
+  if tensor == -1:
+    tensor = len(devices) // max(1, int(sizes.get("data", 1)))
+  rules = ShardingRules(make_mesh(tensor=tensor, devices=devices[:tensor]), SAMPLER_RULES)
+  slots, max_len = int(engine.num_slots), int(engine.max_len)
+  chunk = int(engine.get("max_prefill_chunk", 256))
+  rows = min(int(engine.get("max_prefill_rows", 0) or slots), slots)
+  cache_len = kv_cache.cache_length(max_len, chunk, 128)
+  dtype = model_config.compute_dtype
+  params = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding),
+      M.abstract_params(model_config, rules),
+  )
+  cache_sh = kv_cache.cache_sharding(rules)
+  shape = (
+      model_config.num_hidden_layers,
+      slots,
+      cache_len,
+      model_config.num_key_value_heads,
+      model_config.head_dim,
+  )
+  cache = tuple(jax.ShapeDtypeStruct(shape, dtype, sharding=cache_sh) for _ in range(2))
+  steps = StepCompiler(model_config, rules, 128)
+  i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
+  u32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.uint32)
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  prefill = (
+      i32(),
+      i32(rows),
+      i32(rows, chunk),
+      i32(rows),
+      i32(rows),
+      u32(rows, 2),
+      i32(rows),
+      f32(rows),
+      f32(rows),
+      i32(rows),
+  )
+  decode = (
+      i32(slots),
+      i32(slots),
+      jax.ShapeDtypeStruct((slots,), jnp.bool_),
+      u32(slots, 2),
+      i32(slots),
+      f32(slots),
+      f32(slots),
+      i32(slots),
+  )
+  start = time.time()
+  p = steps._prefill.lower(params, cache, *prefill).compile().memory_analysis()
+  d = steps._decode.lower(_per_layer(params), cache, *decode).compile().memory_analysis()
+  return SamplerReport(
+      host_topology=host_topology,
+      mesh={"tensor": tensor},
+      num_slots=slots,
+      cache_len=cache_len,
+      prefill_shape=(rows, chunk),
+      params_bytes=_bytes_per_chip(params),
+      cache_bytes=_bytes_per_chip(cache),
+      prefill_temp_bytes=p.temp_size_in_bytes,
+      decode_temp_bytes=d.temp_size_in_bytes,
+      compile_seconds=time.time() - start,
+  )
+
+
+def _per_layer(params):
+  """Abstract `decode.unstack_layers(params)`: the stacked [L, ...] leaves as L per-layer leaves."""
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  def layer(x, i):
+    spec = tuple(x.sharding.spec) + (None,) * (len(x.shape) - len(x.sharding.spec))
+    return jax.ShapeDtypeStruct(
+        x.shape[1:], x.dtype, sharding=NamedSharding(x.sharding.mesh, PartitionSpec(*spec[1:]))
+    )
+
+  stacked = params["layers"]
+  count = jax.tree.leaves(stacked)[0].shape[0]
+  out = dict(params)
+  out["layers"] = tuple(jax.tree.map(lambda x, i=i: layer(x, i), stacked) for i in range(count))
+  return out
+
+
+def _bytes_per_chip(tree) -> int:
+  return sum(
+      math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+      for x in jax.tree.leaves(tree)
+  )
 
 
 def tpu_devices(topology: str):
@@ -237,7 +382,35 @@ def main(argv):
       sys.exit(1)
     raise
   print(report)
-  sys.exit(0 if report.fits else 1)
+  fits = report.fits
+  if cfg.mode == "rl" and "engine" in cfg.rl:
+    fits &= report_colocated(cfg, report, _HOST_TOPOLOGY.value)
+  sys.exit(0 if fits else 1)
+
+
+def report_colocated(cfg, train: AotReport, host_topology: str | None) -> bool:
+  """Compiles the sampler for one host and prints the colocated per-chip totals; True if they fit."""
+  gib = lambda b: f"{b / 2**30:.2f} GiB"
+  generation = train.topology.split(":")[0]
+  host_topology = host_topology or HOST_TOPOLOGY[generation]
+  model_config = config_utils.model_config(cfg)
+  sampler = compile_sampler(cfg, model_config, host_topology)
+  print(sampler)
+  training = train.peak_bytes + sampler.resident_bytes
+  sampling = train.argument_bytes + sampler.peak_bytes
+  weights = model_config.num_params() * model_config.compute_dtype.itemsize
+  tensor = sampler.mesh["tensor"]
+  print(
+      f"colocated per chip: train step {gib(train.peak_bytes)} + sampler resident "
+      f"{gib(sampler.resident_bytes)} = {gib(training)}; sampling: sampler peak "
+      f"{gib(sampler.peak_bytes)} + train state {gib(train.argument_bytes)} = {gib(sampling)}; "
+      f"of {gib(train.hbm_bytes)}: {'FITS' if max(training, sampling) <= train.hbm_bytes else 'DOES NOT FIT'}"
+  )
+  print(
+      f"publish: {gib(weights)} of weights per host per RL step ({gib(weights / tensor)} per chip "
+      f"over tensor={tensor})"
+  )
+  return max(training, sampling) <= train.hbm_bytes
 
 
 if __name__ == "__main__":
