@@ -21,8 +21,11 @@ group's stragglers finish before their oldest tokens fall out of the staleness w
 whole episode) and the group, which the trainer waits for as a whole, is delivered sooner.
 
 The ids equal `ChatRenderer.render(messages).ids` of the final conversation (assistant messages carry
-their sampled `token_ids`); the masks differ from render's only on `<|im_end|>` tokens the model did
-not sample (render marks them 1; here they are 0 because no sampler log-prob exists for them).
+their sampled `token_ids`), followed by `<|im_start|>assistant\n` when the episode ended waiting for a
+reply (the engine failed or had no room left, or the prompt alone was over the context cap); the
+masks differ from render's only on `<|im_end|>` tokens the model did not sample (render marks them 1;
+here they are 0 because no sampler log-prob exists for them). A reply of no text (only `<|im_end|>`, or ids that decode to
+nothing) is kept as an assistant message with empty content, which render refuses.
 
 reward = correctness (family.reward on the answer; 0 without one) + format (protocol.format_reward).
 """
