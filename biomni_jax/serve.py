@@ -111,10 +111,11 @@ def load_model(
       config = config_from_hf(json.load(f), source=path)
   else:
     config = describe_run(workdir).model_config
-  # Read straight into the first replica's sharding: no device ever holds more than its shard.
+  # Read straight into the first replica's sharding and the engine's dtype: no device ever holds more
+  # than its shard.
   layout = SamplerLayout.create(config, data, tensor)
   if model is not None:
-    _, params = load_hf_checkpoint(model, sharding=layout.replicas[0])
+    _, params = load_hf_checkpoint(model, config.compute_dtype, layout.replicas[0])
     return layout, params, load_tokenizer(model), os.path.basename(os.path.abspath(model))
   _, params, tokenizer, step = load_run(workdir, step, layout.replicas[0])
   return layout, params, tokenizer, f"{os.path.basename(os.path.abspath(workdir))}-step{step}"
