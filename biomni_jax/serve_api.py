@@ -43,13 +43,9 @@ class RequestError(Exception):
 # ------------------------------------------------------------------------------------------ requests
 
 
-class TextPart(BaseModel):
-  type: Literal["text"]
-  text: StrictStr
-
-
 class ChatMessage(BaseModel):
-  """One message; a list of text parts is joined into one string."""
+  """One message; OpenAI's list of content parts is accepted when every part is {"type": "text", "text"}
+  (joined into one string)."""
 
   role: Literal["system", "user", "assistant", "developer"]
   content: Annotated[StrictStr, Field(min_length=1)]
@@ -59,14 +55,18 @@ class ChatMessage(BaseModel):
   def _join_text_parts(cls, value: Any) -> Any:
     if not isinstance(value, list):
       return value
-    for part in value:
-      if not isinstance(part, dict) or part.get("type") != "text":
+    for j, part in enumerate(value):
+      if not (
+          isinstance(part, dict)
+          and part.get("type") == "text"
+          and isinstance(part.get("text"), str)
+      ):
         raise PydanticCustomError(
             "invalid_value",
-            "only text content parts are supported, found {part}",
-            {"part": repr(part)[:80]},
+            "only text content parts are supported, found {part} at index {j}",
+            {"part": repr(part)[:80], "j": j},
         )
-    return "".join(TextPart.model_validate(part).text for part in value)
+    return "".join(part["text"] for part in value)
 
   def rendered(self) -> dict:
     """The {"role", "content"} mapping `data/chat.py` renders."""
