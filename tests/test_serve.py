@@ -267,6 +267,13 @@ def test_streaming_n_choices_carry_their_index(client):
   assert chunks[-1].usage.completion_tokens == expected.usage.completion_tokens
 
 
+def test_a_stream_the_client_drops_leaves_the_server_answering(client):
+  expected = chat(client, temperature=0, max_tokens=16).choices[0].message.content
+  with chat(client, temperature=1.0, seed=5, max_tokens=120, n=2, stream=True) as dropped:
+    next(iter(dropped))  # the role chunk, then the connection closes mid-stream
+  assert chat(client, temperature=0, max_tokens=16).choices[0].message.content == expected
+
+
 def test_concurrent_requests_each_get_their_own_answer(client):
   questions = [gene_question(g) for g in GENES[:5]]
   ask = lambda q: chat(client, messages=q, temperature=0, max_tokens=12).choices[0].message.content
