@@ -21,6 +21,32 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+_LOST_PEER_MARKERS = (
+    "Connection closed",
+    "Connection reset",
+    "Gloo",
+    "heartbeat",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+)
+
+
+class HostLost(RuntimeError):
+  """A collective with the other processes failed: one of them died, hung up or lost its connection."""
+
+
+def lost_host_error(exc: BaseException, where: str) -> BaseException:
+  """`exc` as a HostLost naming `where` when several processes run and it reads as a failed collective
+  (a peer's connection closed, a heartbeat or deadline missed); otherwise `exc` itself."""
+  text = str(exc)
+  if jax.process_count() == 1 or not any(m in text for m in _LOST_PEER_MARKERS):
+    return exc
+  return HostLost(
+      f"{where}: a collective with the other {jax.process_count() - 1} process(es) failed, so one of "
+      f"them died or lost its connection; this process stops too (restart every process to resume "
+      f"from the last checkpoint). Cause: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+  )
+
 
 def process_index() -> int:
   return jax.process_index()

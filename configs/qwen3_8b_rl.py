@@ -92,10 +92,19 @@ def get_config():
           overlong_threshold=32_768,
       )
   )
-  # One sampler per v5p host: 4 chips, tensor-parallel (8 KV heads / 4). 8 full-length sessions hold
-  # their KV cache at once (41 GiB per chip at 16); idle sessions beyond that wait in host memory.
+  # One sampler per v5p host: 4 chips, tensor-parallel (8 KV heads / 4), colocated with the trainer.
+  # Rollouts are batch-synchronous (max_staleness 0), so the sampler frees its weights and KV cache for
+  # each train step (release_during_train) and the two never hold the chips' memory at once. 16
+  # full-length sessions hold their KV cache at once (41 GiB per chip); idle sessions beyond that wait
+  # in host memory. Per-chip totals: experiments/tpu_pod.md (python -m biomni_jax.tools.aot).
   rl.engine = ml_collections.ConfigDict(
-      dict(num_slots=8, max_len=65_536, max_prefill_chunk=4_096, mesh=dict(data=1, tensor=4))
+      dict(
+          num_slots=16,
+          max_len=65_536,
+          max_prefill_chunk=4_096,
+          mesh=dict(data=1, tensor=4),
+          release_during_train=True,
+      )
   )
   rl.sandbox_workers = 64
   rl.get_groups_timeout_s = 0.0

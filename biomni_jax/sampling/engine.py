@@ -131,6 +131,7 @@ class Engine:
         out_shardings=self._param_shardings,
     )
     self._params, self._version = self._place(params), int(version)
+    self._param_shapes = jax.tree.map(lambda x: x.shape, self._params)
     self._decode_params = unstack_layers(self._params)
     self._steps = StepCompiler(config, self.rules, decode_block)
     self._cache = kv_cache.allocate_cache(config, self.num_slots, self.cache_len, self.rules)
@@ -141,6 +142,7 @@ class Engine:
     self._ids = itertools.count()
     self._clock = itertools.count()
     self._stopping = False
+    self._release_requests: list[Future] = []
     self.stats = dict(
         decode_steps=0,
         decoded_tokens=0,
@@ -230,7 +232,7 @@ class Engine:
     older params. The engine keeps the stacked params (prefill) and a per-layer copy (decode), i.e.
     twice the weights' memory.
     """
-    old = jax.tree.map(lambda x: x.shape, self._params)
+    old = self._param_shapes
     new = jax.tree.map(lambda x: x.shape, params)
     if jax.tree.structure(old) != jax.tree.structure(new) or old != new:
       raise ValueError(
@@ -239,6 +241,15 @@ class Engine:
       )
     placed = self._place(params)
     self._commands.put(("params", placed, unstack_layers(placed), int(version)))
+
+  def release_memory(self) -> Future:
+    """Frees the KV cache and the weights as soon as no request is running (colocated RL: the train step
+    gets the chips' memory). Requests submitted meanwhile wait; the next `update_params` brings weights
+    and an empty cache back, and sessions re-prefill their history. The future resolves once freed.
+    """
+    future: Future = Future()
+    self._commands.put(("release", future))
+    return future
 
   def shutdown(self, wait: bool = True) -> None:
     self._commands.put(("stop",))
@@ -267,10 +278,14 @@ class Engine:
     while True:
       try:
         t0 = time.perf_counter()
-        self._drain_commands(block=not (self._waiting or self._active))
+        self._drain_commands(block=self._cache is None or not (self._waiting or self._active))
         if self._stopping:
           self._fail_all(RuntimeError("the engine was shut down before this request finished"))
           return
+        if self._release_requests and not self._active:
+          self._release()
+        if self._cache is None:  # released: wait for new weights
+          continue
         t1 = time.perf_counter()
         self._admit()  # includes host offload / restore of evicted sessions' K/V
         t2 = time.perf_counter()
@@ -306,12 +321,32 @@ class Engine:
         self._close(command[1])
       elif kind == "params":
         self._params, self._decode_params, self._version = command[1], command[2], command[3]
+        if self._cache is None:
+          self._cache = kv_cache.allocate_cache(
+              self.config, self.num_slots, self.cache_len, self.rules
+          )
+      elif kind == "release":
+        self._release_requests.append(command[1])
       elif kind == "stop":
         self._stopping = True
       try:
         command = self._commands.get_nowait()
       except queue.Empty:
         return
+
+  def _release(self) -> None:
+    """Drops the cache and weights (see release_memory); sessions keep their slots with nothing cached."""
+    for x in jax.tree.leaves((self._cache, self._decode_params["layers"])):  # buffers it made
+      x.delete()
+    # The weights may be the caller's own arrays (placed without a copy): dropped, not deleted.
+    self._cache = self._params = self._decode_params = None
+    for owner in self._slot_owner:
+      if owner is not None:
+        owner.cached = 0
+    self.stats["releases"] = self.stats.get("releases", 0) + 1
+    for future in self._release_requests:
+      future.set_result(None)
+    self._release_requests = []
 
   def _close(self, session: Session) -> None:
     session.closed = True
@@ -653,7 +688,7 @@ class Engine:
       req.future.set_exception(exc)
 
   def _cache_deleted(self) -> bool:
-    return any(x.is_deleted() for x in self._cache)
+    return self._cache is not None and any(x.is_deleted() for x in self._cache)
 
   def _recover(self, exc: BaseException) -> None:
     for req in [r for r in self._active if r.state == "decode"]:

@@ -124,6 +124,19 @@ class EngineGroup:
     for engine, tree in zip(self.engines, trees):
       engine.update_params(tree, version)
 
+  def release_memory(self) -> Future:
+    """Every replica's `release_memory`; resolves when all have freed theirs."""
+    futures = [e.release_memory() for e in self.engines]
+    done: Future = Future()
+
+    def check(_):
+      if all(f.done() for f in futures) and not done.done():
+        done.set_result(None)
+
+    for f in futures:
+      f.add_done_callback(check)
+    return done
+
   def shutdown(self, wait: bool = True) -> None:
     for e in self.engines:
       e.shutdown(wait=wait)

@@ -293,7 +293,10 @@ def compile_sft_step(
   from biomni_jax.train.step import abstract_train_state, make_train_step
 
   loss_fn = make_sft_loss(
-      model_config, sharding, str(cfg.sft.get("loss_aggregation", "token-mean"))
+      model_config,
+      sharding,
+      str(cfg.sft.get("loss_aggregation", "token-mean")),
+      token_sum_norm=int(cfg.sft.seq_len),
   )
   step = make_train_step(
       model_config, loss_fn, optimizer, sharding=sharding, micro_batches=micro_batches
@@ -396,15 +399,19 @@ def report_colocated(cfg, train: AotReport, host_topology: str | None) -> bool:
   model_config = config_utils.model_config(cfg)
   sampler = compile_sampler(cfg, model_config, host_topology)
   print(sampler)
-  training = train.peak_bytes + sampler.resident_bytes
+  released = bool(cfg.rl.engine.get("release_during_train", False))
+  # With rl.engine.release_during_train the sampler frees its weights and cache for the train step.
+  resident_in_training = 0 if released else sampler.resident_bytes
+  training = train.peak_bytes + resident_in_training
   sampling = train.argument_bytes + sampler.peak_bytes
   weights = model_config.num_params() * model_config.compute_dtype.itemsize
   tensor = sampler.mesh["tensor"]
+  verdict = "FITS" if max(training, sampling) <= train.hbm_bytes else "DOES NOT FIT"
   print(
-      f"colocated per chip: train step {gib(train.peak_bytes)} + sampler resident "
-      f"{gib(sampler.resident_bytes)} = {gib(training)}; sampling: sampler peak "
-      f"{gib(sampler.peak_bytes)} + train state {gib(train.argument_bytes)} = {gib(sampling)}; "
-      f"of {gib(train.hbm_bytes)}: {'FITS' if max(training, sampling) <= train.hbm_bytes else 'DOES NOT FIT'}"
+      f"colocated per chip: training: train step {gib(train.peak_bytes)} + sampler "
+      f"{'released' if released else 'resident'} {gib(resident_in_training)} = {gib(training)}; "
+      f"sampling: sampler peak {gib(sampler.peak_bytes)} + train state {gib(train.argument_bytes)} "
+      f"= {gib(sampling)}; of {gib(train.hbm_bytes)}: {verdict}"
   )
   print(
       f"publish: {gib(weights)} of weights per host per RL step ({gib(weights / tensor)} per chip "

@@ -104,7 +104,10 @@ class RLSettings:
   def from_config(cls, config) -> "RLSettings":
     rl = field(config, "rl")
     try:
-      loss = losses.PolicyLossConfig.from_config(dict(field(config, "rl.loss", default={}) or {}))
+      loss = losses.PolicyLossConfig.from_config(
+          dict(field(config, "rl.loss", default={}) or {}),
+          default_token_sum_norm=field(config, "rl.seq_len", int, minimum=2),
+      )
     except ValueError as e:
       raise ConfigError(f"config field 'rl.loss': {e}") from None
     timeout = field(config, "rl.get_groups_timeout_s", (int, float), default=0.0)
@@ -408,6 +411,9 @@ class RLRun:
   writer: MetricsWriter
   publish: Callable[[Any, int], None]
   total_steps: int
+  # Called once the batch is in, before training on it (colocated RL: frees the sampler's memory;
+  # `publish` brings it back). None: the sampler keeps its memory.
+  before_train: Optional[Callable[[], None]] = None
 
 
 def run_rl_loop(
@@ -445,6 +451,8 @@ def run_rl_loop(
       local = rl_metrics.episode_metrics(groups, ks=(1,))
       local.update(rl_metrics.staleness_metrics(groups, version))
       metrics = rl_metrics.combine_host_metrics(distributed.allgather_json(local))
+      if run.before_train is not None:
+        run.before_train()
       state, train_metrics = run.trainer.train_on_groups(state, groups, rl_step)
       metrics.update(train_metrics)
       run.publish(state.params, rl_step)

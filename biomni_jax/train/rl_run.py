@@ -7,8 +7,8 @@ On P hosts every process runs this same function (after `jax.distributed.initial
 mesh (`mesh`) spans all devices; each host builds its own sampler (`rl.engine.mesh`: data x tensor of
 its own devices, sampling/layout.py), sandbox pool and rollout pool over its own share of the task
 stream (element k goes to host k mod P), and takes num_groups / P groups per step. Process 0 writes the
-metrics and config; checkpoints hold every host's consumed task ids, so a resumed run (same P) neither
-repeats nor skips a task.
+metrics and config; checkpoints hold every host's consumed task ids, so a resumed run (on any number of
+hosts) neither repeats nor skips a task.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import os
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+import jax
 import numpy as np
 
 from biomni_jax import distributed
@@ -120,13 +121,14 @@ def build_tasks(config) -> list:
 
 
 def rollout_config(config, settings: RLSettings):
-  """rollout.RolloutConfig from rl.rollout plus the fields the trainer shares with it."""
+  """rollout.RolloutConfig from rl.rollout plus the fields the trainer shares with it (this host's
+  share of the groups per batch, which paces its admission)."""
   from biomni_jax.rollout.config import RolloutConfig
 
   fields = dict(field(config, "rl.rollout", default={}) or {})
   fields.update(
       group_size=settings.group_size,
-      groups_per_batch=settings.num_groups,
+      groups_per_batch=settings.num_groups // distributed.process_count(),  # this host's share
       temperature=float(settings.temperature),
       seed=field(config, "seed", int, default=0),
   )
@@ -148,17 +150,20 @@ def default_pool_factory(*, engine, tokenizer, tasks, config, settings: RLSettin
   return RolloutPool(engine, sandbox, tokenizer, tasks, rollout_config(config, settings))
 
 
-def consumed_of_host(extra: dict, host: int, hosts: int, where: str) -> list[str]:
-  """This host's consumed task ids from a checkpoint's extra (one list per host)."""
+def pool_rollout_staleness(config) -> int:
+  return field(config, "rl.rollout.max_staleness", int, minimum=0, default=0)
+
+
+def consumed_task_ids(extra: dict) -> list[str]:
+  """Every host's consumed task ids from a checkpoint's extra (one list per host, or one list).
+
+  Each host skips all of them in its share of the stream, so a run may resume on another number of
+  hosts: a consumed task is never repeated, an unconsumed one goes to whichever host now owns it."""
   by_host = extra.get("consumed_task_ids", [])
-  if by_host and not isinstance(by_host[0], list):  # a single-host checkpoint written as one list
+  if by_host and not isinstance(by_host[0], list):
     by_host = [by_host]
-  if len(by_host) != hosts:
-    raise ConfigError(
-        f"{where}: the checkpoint holds the task progress of {len(by_host)} host(s), this run has "
-        f"{hosts}; resume with the same number of processes"
-    )
-  return list(by_host[host])
+  # Stream elements have unique ids ('#e<epoch>'), so the union loses nothing.
+  return list(dict.fromkeys(task for host in by_host for task in host))
 
 
 def train_rl(config, workdir: str, *, pool_factory: Optional[PoolFactory] = None) -> dict[str, Any]:
@@ -234,7 +239,7 @@ def train_rl(config, workdir: str, *, pool_factory: Optional[PoolFactory] = None
     )
   else:
     state, extra = ckpt.restore(abstract_train_state(model_cfg, optimizer, sharding))
-    consumed = consumed_of_host(extra, host, hosts, f"{ckpt.directory}/{start_step}")
+    consumed = consumed_task_ids(extra)
     if int(extra.get("version", start_step)) != start_step:
       raise ValueError(
           f"{ckpt.directory}/{start_step}: extra version {extra.get('version')} differs from "
@@ -254,6 +259,12 @@ def train_rl(config, workdir: str, *, pool_factory: Optional[PoolFactory] = None
       max_prefill_chunk=field(config, "rl.engine.max_prefill_chunk", int, minimum=16, default=256),
       version=start_step,
   )
+  release = field(config, "rl.engine.release_during_train", bool, default=False)
+  if release and pool_rollout_staleness(config) > 0:
+    raise ConfigError(
+        "config field 'rl.engine.release_during_train': needs rl.rollout.max_staleness = 0 (with "
+        "staleness > 0 episodes of the next batch are sampling while the trainer trains)"
+    )
   writer = MetricsWriter(
       workdir, tensorboard=s.tensorboard, resume_step=start_step, enabled=host == 0
   )
@@ -276,8 +287,12 @@ def train_rl(config, workdir: str, *, pool_factory: Optional[PoolFactory] = None
         writer=writer,
         total_steps=total_steps,
         publish=lambda params, version: publish_to(engine, layout, params, version),
+        before_train=(lambda: engine.release_memory().result()) if release else None,
     )
-    state, summary = run_rl_loop(run, state, pool, start_step)
+    try:
+      state, summary = run_rl_loop(run, state, pool, start_step)
+    except jax.errors.JaxRuntimeError as e:
+      raise distributed.lost_host_error(e, f"rl (process {host} of {hosts})") from e
   finally:
     if pool is not None:
       pool.stop()

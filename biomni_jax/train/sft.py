@@ -60,8 +60,10 @@ def make_sft_loss(
     model_config: ModelConfig,
     sharding: Optional[ShardingRules] = None,
     aggregation: str = "token-mean",
+    token_sum_norm: Optional[float] = None,
 ):
   """loss_fn(params, rows) -> (loss_sum, denominator, {"target_tokens", "tokens"}) for the train step.
+  token_sum_norm: the run's constant normaliser of "seq-mean-token-sum-norm" (its row length).
 
   rows: tokens, targets, target_mask, segment_ids, positions, each int32 [B, L] (packing.py's layout).
   target_tokens = sum target_mask (the trained tokens); tokens = non-padding tokens.
@@ -79,7 +81,11 @@ def make_sft_loss(
     )
     mask = rows["target_mask"].astype(jnp.float32)
     loss_sum, denom = losses.sft_cross_entropy(
-        logp, mask, aggregation=aggregation, segment_ids=rows["segment_ids"]
+        logp,
+        mask,
+        aggregation=aggregation,
+        segment_ids=rows["segment_ids"],
+        token_sum_norm=token_sum_norm,
     )
     metrics = {
         "target_tokens": mask.sum(),
@@ -91,10 +97,13 @@ def make_sft_loss(
 
 
 def make_eval_step(
-    model_config: ModelConfig, sharding: ShardingRules, aggregation: str = "token-mean"
+    model_config: ModelConfig,
+    sharding: ShardingRules,
+    aggregation: str = "token-mean",
+    token_sum_norm: Optional[float] = None,
 ):
   """Jitted (params, rows) -> (loss_sum, denominator): the held-out teacher-forced loss of a batch."""
-  loss_fn = make_sft_loss(model_config, sharding, aggregation)
+  loss_fn = make_sft_loss(model_config, sharding, aggregation, token_sum_norm)
   param_sh = M.param_shardings(model_config, sharding)
 
   def evaluate(params, rows):
@@ -328,7 +337,7 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
     raise ConfigError(str(e)) from None
   step_fn = make_train_step(
       model_cfg,
-      make_sft_loss(model_cfg, sharding, s["aggregation"]),
+      make_sft_loss(model_cfg, sharding, s["aggregation"], token_sum_norm=s["seq_len"]),
       optimizer,
       sharding=sharding,
       micro_batches=s["micro_batches"],
@@ -352,7 +361,7 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
         rows_multiple_of=s["batch_size"],
         overlong=s["overlong"],
     )
-    eval_step = make_eval_step(model_cfg, sharding, s["aggregation"])
+    eval_step = make_eval_step(model_cfg, sharding, s["aggregation"], token_sum_norm=s["seq_len"])
 
   fingerprint = rows_fingerprint(rows)
   ckpt = Checkpointer(

@@ -63,6 +63,7 @@ def load_config(args):
   config = load_config_file(os.path.join(REPO, "configs", "demo_rl.py"), overrides)
   config.mesh = parse_axes(args.mesh)
   config.rl.engine.mesh = parse_axes(args.engine_mesh)
+  config.rl.engine.release_during_train = bool(getattr(args, "release", False))
   return config
 
 
@@ -73,13 +74,19 @@ def main():
   parser.add_argument("--engine_mesh", default="")
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--steps", type=int, default=2)
+  parser.add_argument("--release", action="store_true", help="rl.engine.release_during_train")
   parser.add_argument("--processes", type=int, default=1)
   parser.add_argument("--process_id", type=int, default=0)
   parser.add_argument("--port", type=int, default=0)
   parser.add_argument(
       "--rows_out", default="", help="write every mini-batch's local rows here (.npz)"
   )
-  parser.add_argument("--die_at_step", type=int, default=0, help="exit hard right after this step")
+  parser.add_argument(
+      "--die_at_step",
+      type=int,
+      default=0,
+      help="process 1 exits hard right after publishing this step",
+  )
   parser.add_argument(
       "--replay",
       default="",
@@ -178,8 +185,10 @@ def main():
         h.update(np.asarray(leaf).tobytes())
       digests.append((e.version, h.hexdigest()))
     records[-1].update(version=version, digests=digests)
+    if "releases" in engines[0].stats:
+      records[-1]["releases"] = [e.stats["releases"] for e in engines]
     print(json.dumps({"kind": "step", "process": jax.process_index(), **records[-1]}), flush=True)
-    if args.die_at_step and version == args.die_at_step:
+    if args.die_at_step and version == args.die_at_step and jax.process_index() == 1:
       os._exit(3)
 
   import biomni_jax.sampling
@@ -227,21 +236,27 @@ def replay_rows(args, rl, rl_run, records):
     trainer = run.trainer
     for step in range(1, run.total_steps + 1):
       records.append({"step": step})
-      k = 0
-      while f"step{step}_mb{k}_tokens" in saved[0]:
-        rows = {
-            name: np.concatenate([host[f"step{step}_mb{k}_{name}"] for host in saved])
-            for name in rl.STEP_FIELDS
-            if name != "old_logprobs"
-        }
+      minibatches = []
+      while f"step{step}_mb{len(minibatches)}_tokens" in saved[0]:
+        k = len(minibatches)
+        minibatches.append(
+            {
+                name: np.concatenate([host[f"step{step}_mb{k}_{name}"] for host in saved])
+                for name in rl.STEP_FIELDS
+                if name != "old_logprobs"
+            }
+        )
+      for (
+          rows
+      ) in minibatches:  # as train_on_groups: every old log-prob under the step's first params
         rows["old_logprobs"] = rl.recompute_logprobs(
             trainer.logprob_fn, state.params, rows, rows["tokens"].shape[0], trainer.sharding
         )
+      for rows in minibatches:
         placed = {
             name: jax.device_put(rows[name], trainer.batch_sharding) for name in rl.STEP_FIELDS
         }
         state, _ = trainer.step_fn(state, placed)
-        k += 1
       print(json.dumps({"kind": "replay", **records[-1]}), flush=True)
     return state, {"final_step": int(state.step), "rewards": {}}
 
