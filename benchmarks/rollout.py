@@ -45,8 +45,8 @@ import numpy as np
 
 from biomni_jax import model as M
 from biomni_jax.data.chat import ChatRenderer
-from biomni_jax.data.rejection_sampling import FamilyEnvironment
 from biomni_jax.data.tokenizer import default_corpus, train_embedded_tokenizer
+from biomni_jax.env.environment import FamilyEnvironment
 from biomni_jax.env.episode import result as exec_result
 from biomni_jax.env.tasks import TaskFamily, TaskInstance
 from biomni_jax.rollout.config import RolloutConfig

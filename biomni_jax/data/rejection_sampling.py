@@ -1,7 +1,7 @@
 """Rejection sampling of SFT data: n teacher rollouts per task in the real environment, keep the best.
 
 For each task instance, n rollouts run through biomni_jax.env.episode.run_episode against a fresh
-sandbox session holding the family's tools. Each candidate is scored
+sandbox session holding the family's tools. Each candidate is scored (env/environment.py)
 
     correctness = family.reward(solution, answer)   (0 without a solution; the official grade is
                                                       recorded too, in info["official_grade"])
@@ -38,49 +38,22 @@ import numpy as np
 from biomni_jax.data.teachers import TeacherError, TeacherFactory
 from biomni_jax.data.trajectory import Trajectory, append_jsonl
 from biomni_jax.env import eval1, protocol
+from biomni_jax.env.environment import (
+    COMMON_TOOLS,
+    FamilyEnvironment,
+    family_environment,
+    open_session,
+    score_episode,
+)
 from biomni_jax.env.episode import Episode, run_episode
-from biomni_jax.env.tasks import TaskFamily, TaskInstance, get_family, sandbox_setup_code
-from biomni_jax.env.tools import import_strings, tool_specs
+from biomni_jax.env.tasks import TaskInstance, get_family
 
 log = logging.getLogger(__name__)
 
-# Tools every embedded environment offers next to its family's own (name lookups and a sequence
-# summary: what the scripted experts use for their first look at the inputs).
-COMMON_TOOLS = ("get_hpo_names", "ensembl_to_gene_symbol", "gc_content")
 MANIFEST_SUFFIX = ".tasks.jsonl"
 
 
-# ----------------------------------------------------------------------------- environment
-
-
-@dataclasses.dataclass(frozen=True)
-class FamilyEnvironment:
-  """What a rollout of one family needs: tool import strings for the sandbox and the system prompt."""
-
-  family: TaskFamily
-  tools: tuple[str, ...]
-  system: str
-
-
-def family_environment(
-    family: TaskFamily,
-    extra_tools: Sequence[str] = COMMON_TOOLS,
-    cfg: protocol.ProtocolConfig = protocol.DEFAULT_CONFIG,
-) -> FamilyEnvironment:
-  """The family's tools plus extra_tools (deduplicated, in order) and the system prompt listing them."""
-  names = list(dict.fromkeys([*family.tools, *extra_tools]))
-  specs = tool_specs(names)
-  return FamilyEnvironment(
-      family, tuple(import_strings(specs)), protocol.system_prompt(tools=specs, cfg=cfg)
-  )
-
-
-def open_session(pool: Any, env: FamilyEnvironment, instance: TaskInstance):
-  """A session of `pool` with the family's tools and, when the task has inputs, `task_inputs` bound."""
-  setup_code = sandbox_setup_code(instance)
-  if setup_code:
-    return pool.open(tools=list(env.tools), setup_code=setup_code)
-  return pool.open(tools=list(env.tools))
+# ----------------------------------------------------------------------------- the sandbox
 
 
 def answer_hiding_pool(
@@ -149,20 +122,6 @@ class Candidate:
         and self.episode is not None
         and all(m["content"] for m in self.episode.messages)
     )
-
-
-def score_episode(
-    family: TaskFamily,
-    instance: TaskInstance,
-    episode: Episode,
-    cfg: protocol.ProtocolConfig = protocol.DEFAULT_CONFIG,
-) -> tuple[dict[str, float], float, float]:
-  """(rewards {"correctness", "format"}, reward = their sum, official grade) of a finished episode."""
-  solved = episode.solution is not None
-  correctness = float(family.reward(episode.solution, instance.answer)) if solved else 0.0
-  grade = float(family.grade(episode.solution, instance.answer)) if solved else 0.0
-  fmt = float(protocol.format_reward(episode.assistant_messages, cfg))
-  return {"correctness": correctness, "format": fmt}, correctness + fmt, grade
 
 
 def select_best(candidates: Sequence[Candidate]) -> Candidate | None:

@@ -22,8 +22,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from biomni_jax.data.rejection_sampling import FamilyEnvironment, open_session
 from biomni_jax.env import protocol
+from biomni_jax.env.environment import FamilyEnvironment, open_session
 from biomni_jax.env.episode import run_episode
 from biomni_jax.env.tasks import TaskInstance
 from biomni_jax.train.rl_metrics import pass_at_k

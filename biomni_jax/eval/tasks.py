@@ -18,8 +18,8 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
-from biomni_jax.data.rejection_sampling import COMMON_TOOLS, FamilyEnvironment, family_environment
 from biomni_jax.env import eval1
+from biomni_jax.env.environment import COMMON_TOOLS, FamilyEnvironment, family_environment
 from biomni_jax.env.tasks import SPLITS, TaskFamily, TaskInstance, family_names, get_family
 
 EMBEDDED = "embedded"

@@ -40,8 +40,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from biomni_jax.data.chat import ChatRenderer
-from biomni_jax.data.rejection_sampling import FamilyEnvironment, score_episode
 from biomni_jax.env import protocol
+from biomni_jax.env.environment import FamilyEnvironment, score_episode
 from biomni_jax.env.episode import MAX_PARSE_ERRORS, Episode, observation_text
 from biomni_jax.env.tasks import TaskInstance
 from biomni_jax.rollout.config import RolloutConfig

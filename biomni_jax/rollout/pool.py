@@ -36,8 +36,8 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from biomni_jax.data.chat import ChatRenderer
-from biomni_jax.data.rejection_sampling import FamilyEnvironment, family_environment
 from biomni_jax.env import protocol
+from biomni_jax.env.environment import FamilyEnvironment, family_environment
 from biomni_jax.env.tasks import TaskInstance, get_family, sandbox_setup_code
 from biomni_jax.rollout.admission import AdmissionControl
 from biomni_jax.rollout.config import RolloutConfig

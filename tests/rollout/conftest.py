@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from biomni_jax.data.chat import ChatRenderer
-from biomni_jax.data.rejection_sampling import FamilyEnvironment
 from biomni_jax.data.tokenizer import default_corpus, load_tokenizer, train_embedded_tokenizer
+from biomni_jax.env.environment import FamilyEnvironment
 from biomni_jax.env.episode import result as exec_result
 from biomni_jax.env.sandbox import SandboxError
 from biomni_jax.env.tasks import TaskFamily, TaskInstance
