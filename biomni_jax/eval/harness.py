@@ -26,9 +26,7 @@ from biomni_jax.env import protocol
 from biomni_jax.env.environment import FamilyEnvironment, open_session
 from biomni_jax.env.episode import run_episode
 from biomni_jax.env.tasks import TaskInstance
-from biomni_jax.train.rl_metrics import pass_at_k
-
-SUCCESS = 1.0 - 1e-6
+from biomni_jax.metrics import pass_at_k, succeeded
 
 
 @dataclasses.dataclass
@@ -319,7 +317,7 @@ def summarize(
       if 1 <= k <= n_min:
         entry[f"pass@{k}"] = float(
             np.mean(
-                [pass_at_k(len(v), sum(s >= SUCCESS for s in v), k) for v in per_instance.values()]
+                [pass_at_k(len(v), sum(succeeded(s) for s in v), k) for v in per_instance.values()]
             )
         )
     tasks[name] = entry

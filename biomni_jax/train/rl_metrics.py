@@ -2,7 +2,7 @@
 
 All functions take the batch's groups (rollout.types.Group) and return flat {name: float} dicts ready for
 MetricsWriter. A trajectory "succeeds" when its correctness is 1 (partial credit, e.g. crispr_delivery's
-0.5, does not count as success).
+0.5, does not count as success; biomni_jax/metrics.py, shared with evaluation).
 
   pass@k (per group of n trajectories with c successes, unbiased):  1 - C(n - c, k) / C(n, k)
   staleness of a sampled token = current version - version that sampled it
@@ -13,22 +13,13 @@ MetricsWriter. A trajectory "succeeds" when its correctness is 1 (partial credit
 from __future__ import annotations
 
 import collections
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-SUCCESS_THRESHOLD = 1.0 - 1e-6
+from biomni_jax.metrics import pass_at_k, succeeded
+
 STALENESS_BUCKETS = (0, 1, 2, 3)  # the last bucket collects everything >= 3
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-  """Probability that at least one of k draws without replacement from n (c correct) is correct."""
-  if not 0 <= c <= n or not 1 <= k <= n:
-    raise ValueError(f"pass_at_k: expected 0 <= c <= n and 1 <= k <= n, found n={n}, c={c}, k={k}")
-  if n - c < k:
-    return 1.0
-  return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -37,10 +28,6 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
   if x.size < 2 or x.std() == 0 or y.std() == 0:
     return 0.0
   return float(np.corrcoef(x, y)[0, 1])
-
-
-def _succeeded(trajectory) -> bool:
-  return float(trajectory.correctness) >= SUCCESS_THRESHOLD
 
 
 def episode_metrics(groups: Sequence[Any], ks: Sequence[int] = (1,)) -> dict[str, float]:
@@ -56,7 +43,7 @@ def episode_metrics(groups: Sequence[Any], ks: Sequence[int] = (1,)) -> dict[str
       "reward": float(reward.mean()),
       "correctness": float(np.mean([t.correctness for t in trajs])),
       "format": float(np.mean([t.format for t in trajs])),
-      "success": float(np.mean([_succeeded(t) for t in trajs])),
+      "success": float(np.mean([succeeded(t.correctness) for t in trajs])),
       "turns": float(np.mean([t.num_turns for t in trajs])),
       "tokens_per_episode": float(np.mean([len(t.token_ids) for t in trajs])),
       "response_tokens": float(sampled.mean()),
@@ -73,7 +60,7 @@ def episode_metrics(groups: Sequence[Any], ks: Sequence[int] = (1,)) -> dict[str
   sizes = {len(g.trajectories) for g in groups}
   for k in sorted(set(ks) | {max(sizes)}):
     values = [
-        pass_at_k(len(g.trajectories), sum(_succeeded(t) for t in g.trajectories), k)
+        pass_at_k(len(g.trajectories), sum(succeeded(t.correctness) for t in g.trajectories), k)
         for g in groups
         if len(g.trajectories) >= k
     ]
@@ -84,7 +71,7 @@ def episode_metrics(groups: Sequence[Any], ks: Sequence[int] = (1,)) -> dict[str
     out[f"termination/{name}"] = count / len(trajs)
   by_task: dict[str, list[bool]] = collections.defaultdict(list)
   for t in trajs:
-    by_task[t.task_name].append(_succeeded(t))
+    by_task[t.task_name].append(succeeded(t.correctness))
   for task, hits in sorted(by_task.items()):
     out[f"success/{task}"] = float(np.mean(hits))
     out[f"episodes/{task}"] = float(len(hits))

@@ -5,6 +5,7 @@ the loss but inside their group's mean, packing equal to one-per-row, episode me
 import numpy as np
 import pytest
 
+from biomni_jax.metrics import pass_at_k
 from biomni_jax.rollout.types import Group, Trajectory
 from biomni_jax.train import rl_batch, rl_metrics
 
@@ -148,10 +149,10 @@ def test_minibatches_partition_the_trajectories_and_are_seeded():
 
 
 def test_pass_at_k_and_episode_metrics_by_hand():
-  assert rl_metrics.pass_at_k(4, 0, 2) == 0.0
-  assert rl_metrics.pass_at_k(4, 1, 1) == pytest.approx(0.25)
-  assert rl_metrics.pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)
-  assert rl_metrics.pass_at_k(4, 3, 2) == 1.0
+  assert pass_at_k(4, 0, 2) == 0.0
+  assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+  assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)
+  assert pass_at_k(4, 3, 2) == 1.0
   m = rl_metrics.episode_metrics(make_groups())
   assert m["reward"] == pytest.approx((1 + 0 + 0.5 + 2 + 2) / 5)
   # successes: correctness >= 1: a: [1, 0, 0.5] -> 1 of 3; b: 2 of 2.
