@@ -113,6 +113,7 @@ def main():
   config = load_config(args)
 
   records = []
+  current = {"step": 0}  # the RL step being trained (names the saved rows)
   saved_rows = {}
   build = rl_batch.build_minibatches
 
@@ -132,6 +133,7 @@ def main():
   train_on_groups = rl.RLTrainer.train_on_groups
 
   def recording_train(self, state, groups, rl_step):
+    current["step"] = rl_step
     state, metrics = train_on_groups(self, state, groups, rl_step)
     records[-1].update(step=rl_step, loss=metrics["loss"], rows=metrics["rows"])
     return state, metrics
@@ -161,7 +163,7 @@ def main():
     out = pad(minibatches)
     for k, rows in enumerate(out):
       for name, value in rows.items():
-        saved_rows[f"step{len(records)}_mb{k}_{name}"] = value
+        saved_rows[f"step{current['step']}_mb{k}_{name}"] = value
     return out
 
   rl.pad_to_common_rows = recording_pad
@@ -234,7 +236,7 @@ def replay_rows(args, rl, rl_run, records):
 
   def replay_loop(run, state, pool, start_step):
     trainer = run.trainer
-    for step in range(1, run.total_steps + 1):
+    for step in range(start_step + 1, run.total_steps + 1):
       records.append({"step": step})
       minibatches = []
       while f"step{step}_mb{len(minibatches)}_tokens" in saved[0]:

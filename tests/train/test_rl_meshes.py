@@ -114,6 +114,7 @@ def test_two_rl_steps_on_four_devices(tmp_path, mesh, engine_mesh, release):
   assert len(groups) == 8 and len(set(groups)) == 8
 
 
+@pytest.mark.slow  # ~4 two-process launches; run with `pytest -m slow tests/train/test_rl_meshes.py`
 def test_two_processes_train_resume_after_a_crash_and_match_one_process(tmp_path):
   work, rows = tmp_path / "run", str(tmp_path / "rows")
   # Run A: process 1 dies right after publishing step 2; process 0 must not hang.
