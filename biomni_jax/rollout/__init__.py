@@ -4,7 +4,7 @@ from biomni_jax.rollout.admission import AdmissionControl
 from biomni_jax.rollout.config import RolloutConfig
 from biomni_jax.rollout.episode import EpisodeAborted, run_token_episode
 from biomni_jax.rollout.pool import RolloutError, RolloutPool
-from biomni_jax.rollout.types import Group, Trajectory
+from biomni_jax.rollout.types import Group, TokenTrajectory
 
 __all__ = [
     "AdmissionControl",
@@ -14,5 +14,5 @@ __all__ = [
     "RolloutError",
     "RolloutPool",
     "Group",
-    "Trajectory",
+    "TokenTrajectory",
 ]

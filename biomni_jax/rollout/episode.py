@@ -46,7 +46,7 @@ from biomni_jax.env.episode import MAX_PARSE_ERRORS, Episode, observation_text
 from biomni_jax.env.tasks import TaskInstance
 from biomni_jax.rollout.config import RolloutConfig
 from biomni_jax.rollout.tool_runner import ToolRunner
-from biomni_jax.rollout.types import Trajectory
+from biomni_jax.rollout.types import TokenTrajectory
 from biomni_jax.sampling.params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ async def run_token_episode(
     sample_index: int = 0,
     attempt: int = 0,
     should_abort: Optional[Callable[[int], bool]] = None,
-) -> Trajectory:
+) -> TokenTrajectory:
   """Run one episode to its end and score it (see the module docstring).
 
   engine: has open_session(), close_session(s) and `async generate(session, new_ids, params) ->
@@ -248,7 +248,7 @@ def _scored_trajectory(
     group_id,
     tool_seconds,
     generate_seconds,
-) -> Trajectory:
+) -> TokenTrajectory:
   text_messages = [{"role": m["role"], "content": m["content"]} for m in messages]
   correctness = fmt = 0.0
   if termination != "error":
@@ -264,7 +264,7 @@ def _scored_trajectory(
           )
       )
   token_ids = np.asarray(log_.ids, np.int32)
-  return Trajectory(
+  return TokenTrajectory(
       task_name=instance.task_name,
       instance_id=instance.instance_id,
       group_id=group_id,

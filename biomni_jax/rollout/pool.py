@@ -43,7 +43,7 @@ from biomni_jax.rollout.admission import AdmissionControl
 from biomni_jax.rollout.config import RolloutConfig
 from biomni_jax.rollout.episode import EpisodeAborted, run_token_episode
 from biomni_jax.rollout.tool_runner import ToolRunner
-from biomni_jax.rollout.types import Group, Trajectory
+from biomni_jax.rollout.types import Group, TokenTrajectory
 from biomni_jax.rollout.usage import EngineUsage
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class _GroupState:
   group_id: int
   instance: TaskInstance
   env: FamilyEnvironment
-  trajectories: list  # [G] Optional[Trajectory]
+  trajectories: list  # [G] Optional[TokenTrajectory]
   attempts: list  # [G] int
   pending: int = 0
 
@@ -254,7 +254,7 @@ class RolloutPool:
 
   # ---------------------------------------------------------------------------------- delivery (locked)
 
-  def _kept(self, gs: _GroupState) -> list[Trajectory]:
+  def _kept(self, gs: _GroupState) -> list[TokenTrajectory]:
     """The group's trajectories after the error policy ("exclude" drops failed episodes)."""
     if self.cfg.error_policy == "exclude":
       return [t for t in gs.trajectories if t.termination != "error"]
@@ -421,12 +421,12 @@ class RolloutPool:
           )
         self._ready_cond.notify_all()
 
-  def _failed_trajectory(self, gs: _GroupState, exc: BaseException) -> Trajectory:
+  def _failed_trajectory(self, gs: _GroupState, exc: BaseException) -> TokenTrajectory:
     messages = [{"role": "system", "content": gs.env.system}] if self.cfg.use_system_prompt else []
     messages.append({"role": "user", "content": gs.instance.prompt})
     ids = self.renderer.prompt_ids(messages)
     T = len(ids)
-    return Trajectory(
+    return TokenTrajectory(
         gs.instance.task_name,
         gs.instance.instance_id,
         gs.group_id,
@@ -447,7 +447,9 @@ class RolloutPool:
         error=f"{type(exc).__name__}: {exc}",
     )
 
-  def _episode_done(self, gs: _GroupState, index: int, trajectory: Optional[Trajectory]) -> None:
+  def _episode_done(
+      self, gs: _GroupState, index: int, trajectory: Optional[TokenTrajectory]
+  ) -> None:
     with self._lock:
       excluded = (
           trajectory is not None

@@ -1,4 +1,6 @@
-"""The records the rollout pool hands to the RL trainer: one Trajectory per episode, one Group per task.
+"""The records the rollout pool hands to the RL trainer: one TokenTrajectory per episode, one Group per task.
+
+(The SFT data's record, text messages with optional token ids, is data.trajectory.Trajectory.)
 
 Token-in, token-out: `token_ids` are exactly the ids the engine was fed and sampled, in order, never
 re-tokenized. Per-token arrays (all length T):
@@ -23,7 +25,7 @@ TERMINATIONS = ("solution", "max_turns", "parse_errors", "context_limit", "error
 
 
 @dataclasses.dataclass
-class Trajectory:
+class TokenTrajectory:
   task_name: str
   instance_id: str
   group_id: int
@@ -49,7 +51,7 @@ class Trajectory:
       n = len(getattr(self, name))
       if n != T:
         raise ValueError(
-            f"Trajectory {self.task_name}/{self.instance_id}: expected {name} of "
+            f"TokenTrajectory {self.task_name}/{self.instance_id}: expected {name} of "
             f"length {T} (as token_ids), found {n}"
         )
 
@@ -81,7 +83,7 @@ class Group:
   task_name: str
   instance_id: str
   group_id: int
-  trajectories: list[Trajectory]
+  trajectories: list[TokenTrajectory]
 
   @property
   def min_version(self) -> int:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from biomni_jax.metrics import pass_at_k
-from biomni_jax.rollout.types import Group, Trajectory
+from biomni_jax.rollout.types import Group, TokenTrajectory
 from biomni_jax.train import rl_batch, rl_metrics
 
 
@@ -34,7 +34,7 @@ def traj(
     mask += [0] * obs
   mask = np.asarray(mask, np.int32)
   lp = np.where(mask > 0, -0.1 * (1 + np.arange(len(ids))), 0.0).astype(np.float32)
-  return Trajectory(
+  return TokenTrajectory(
       task_name=task,
       instance_id=iid,
       group_id=gid,

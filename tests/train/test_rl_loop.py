@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from biomni_jax.config_utils import load_config_file
-from biomni_jax.rollout.types import Group, Trajectory
+from biomni_jax.rollout.types import Group, TokenTrajectory
 from biomni_jax.sampling import SamplingParams
 from biomni_jax.train import rl, rl_run
 from biomni_jax.train.metrics import read_jsonl_metrics
@@ -107,7 +107,7 @@ class EnginePool:
       reward = float(np.mean(sampled % 2 == 0))
       n = len(prompt)
       trajectories.append(
-          Trajectory(
+          TokenTrajectory(
               task_name=task.task_name,
               instance_id=task.instance_id,
               group_id=self.next_group,
