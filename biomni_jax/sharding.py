@@ -41,28 +41,13 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("cache_slots", ("data", "fsdp")),
 )
 
-# The inference engine's table, for a *sampler mesh* of one host's devices (`sampler_rules`): weights are
-# whole along `embed` (no FSDP gathers per decode step) and split over `tensor` along heads, mlp and vocab;
-# the KV cache's slots split over `data`. The engine's activations keep their rows whole (a prefill chunk
-# is one row, which no axis can split), so `data` only splits the decode step's slots.
-SAMPLER_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", None),
-    ("length", None),
-    ("kv_length", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_kv_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
-    ("embed", None),
-    ("vocab", "tensor"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("norm", None),
-    ("layers", None),
-    ("cache_slots", None),
+# The inference engine's table, for the tensor-parallel mesh of one engine replica (sampling/layout.py):
+# weights whole along `embed` (no FSDP gathers per decode step) and split over `tensor` along heads, mlp
+# and vocab like the trainer's; rows, positions and cache slots whole (a prefill chunk is one row, which no
+# axis can split; data parallelism is several replicas, each with its own cache).
+SAMPLER_RULES: tuple[tuple[str, Any], ...] = tuple(
+    (name, {"batch": None, "length": None, "embed": None, "cache_slots": None}.get(name, target))
+    for name, target in DEFAULT_RULES
 )
 
 
@@ -98,15 +83,6 @@ def make_mesh(
 def global_devices() -> list[jax.Device]:
   """All devices, process 0's first: one order that every process computes the same way."""
   return sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
-
-
-def sampler_rules(
-    data: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
-) -> "ShardingRules":
-  """The engine's mesh (data x tensor) over one host's devices (default: this process's) with
-  SAMPLER_RULES. One size may be -1 ("the remaining local devices")."""
-  devices = list(jax.local_devices() if devices is None else devices)
-  return ShardingRules(make_mesh(data=data, tensor=tensor, devices=devices), SAMPLER_RULES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -101,13 +101,7 @@ class EngineGroup:
       return future
     return self.engines[session.replica].submit(session.inner, new_token_ids, sampling_params)
 
-  def generate(
-      self, prompt_ids: Sequence[int], sampling_params: Optional[SamplingParams] = None
-  ) -> Future:
-    session = self.open_session()
-    future = self.submit(session, prompt_ids, sampling_params)
-    future.add_done_callback(lambda _: self.close_session(session))
-    return future
+  generate = Engine.generate  # a one-turn session: open, submit, close when done
 
   def close_session(self, session: ReplicaSession) -> None:
     with self._lock:
