@@ -1,17 +1,19 @@
-"""A synchronous, text-level episode: one agent, one task prompt, one code executor.
+"""The agent protocol as one state machine, and its text-level driver: one agent, one task, one executor.
 
-Used by scripted experts, text-level teachers and evaluation. (The RL rollout pool works on token
-ids and runs many episodes at once; it applies the same rules.)
-
-Loop, per turn: ask the agent for one reply given the messages so far; append it; then
+The rules (ProtocolMachine), per turn (one assistant reply):
   - an answer block ends the episode (termination "solution");
   - an execute block runs in the executor and its output comes back as a user
     `<observation>...</observation>` message;
   - a parse error gets the protocol's repair message as a user message; the second parse error of
     the episode ends it ("parse_errors").
-Running out of turns ends it ("max_turns"), and so does a conversation grown past an optional
-character cap before the next reply ("context_limit"; token-level runners cap tokens instead).
-A turn is one assistant reply.
+Running out of turns ends it ("max_turns"): the last allowed reply's code is not run, since no
+reply would read its output. Drivers end an episode for reasons only they see: a conversation grown
+past a cap before the next reply ("context_limit": characters here, tokens in the token driver), an
+engine failure ("error", token driver).
+
+Two drivers apply the machine: `run_episode` here (scripted experts, text-level teachers,
+evaluation of text agents; synchronous) and rollout.episode.run_token_episode (the RL rollout pool
+and model evaluation: token ids through the inference engine, asynchronous).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Literal, Protocol
 from biomni_jax.env import protocol
 
 Message = dict[str, str]
-Termination = Literal["solution", "max_turns", "parse_errors", "context_limit"]
+Termination = Literal["solution", "max_turns", "parse_errors", "context_limit", "error"]
 
 MAX_PARSE_ERRORS = 2
 
@@ -51,7 +53,8 @@ class Episode:
   messages: the whole conversation, starting with the system message (if any) and the task prompt.
   solution: the content of the answer block that ended the episode, or None.
   turns: number of assistant replies.
-  termination: why it ended: "solution", "max_turns", "parse_errors" or "context_limit".
+  termination: why it ended: "solution", "max_turns", "parse_errors" or "context_limit" (the token
+    driver also ends on "error").
   """
 
   messages: list[Message]
@@ -79,6 +82,76 @@ def observation_text(result: ExecResultLike, timeout_s: float) -> str:
   return text if text else "[The code ran and printed nothing.]"
 
 
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """What follows a reply: run `code` (its `ProtocolMachine.observation` is the next user message),
+  or send `user` (a repair message), or neither (the episode ended). At most one is set."""
+
+  code: str | None = None
+  user: str | None = None
+
+
+class ProtocolMachine:
+  """The protocol's state over one episode: parse -> repair | execute -> observe | finish.
+
+  A driver asks for replies while `awaiting_reply`, passes each to `on_reply` and does what the
+  returned Step says; `stop(termination)` ends the episode for a reason the driver sees.
+  turns: replies so far; parse_errors: malformed replies so far; solution: the answer that ended
+  the episode (or None); termination: None while it runs.
+  """
+
+  def __init__(
+      self,
+      cfg: protocol.ProtocolConfig = protocol.DEFAULT_CONFIG,
+      max_turns: int = 64,
+      timeout_s: float = 600.0,
+  ):
+    if max_turns < 1:
+      raise ValueError(f"ProtocolMachine: expected max_turns >= 1, found {max_turns}")
+    self.cfg, self.max_turns, self.timeout_s = cfg, max_turns, timeout_s
+    self.turns = 0
+    self.parse_errors = 0
+    self.solution: str | None = None
+    self.termination: Termination | None = None
+
+  @property
+  def awaiting_reply(self) -> bool:
+    return self.termination is None
+
+  def on_reply(self, reply: str) -> Step:
+    """Parse one reply and advance: finish, ask for a repair, or ask for its code to be run."""
+    if self.termination is not None:
+      raise RuntimeError(f"ProtocolMachine: a reply after the episode ended ({self.termination})")
+    self.turns += 1
+    parsed = protocol.parse_reply(reply, self.cfg)
+    if parsed.kind == "solution":
+      self.solution, self.termination = parsed.solution, "solution"
+      return Step()
+    last_turn = self.turns >= self.max_turns
+    if parsed.kind == "error":
+      self.parse_errors += 1
+      if self.parse_errors >= MAX_PARSE_ERRORS:
+        self.termination = "parse_errors"
+      elif last_turn:
+        self.termination = "max_turns"
+      return Step(user=parsed.repair)
+    if last_turn:  # no reply would read the output: the code is not run
+      self.termination = "max_turns"
+      return Step()
+    return Step(code=parsed.code)
+
+  def observation(self, result: ExecResultLike) -> str:
+    """The user message reporting an execution's result (cut to the protocol's length)."""
+    return protocol.format_observation(observation_text(result, self.timeout_s), self.cfg)
+
+  def stop(self, termination: Termination) -> None:
+    """End the episode before the next reply (context cap, engine error)."""
+    self.termination = termination
+
+  def episode(self, messages: list[Message]) -> Episode:
+    return Episode(messages, self.solution, self.turns, self.termination, self.parse_errors)
+
+
 def run_episode(
     agent: Agent,
     instance_prompt: str,
@@ -99,36 +172,33 @@ def run_episode(
   """
   if max_turns < 1:
     raise ValueError(f"run_episode: expected max_turns >= 1, found {max_turns}")
+  machine = ProtocolMachine(cfg, max_turns, timeout_s)
   messages: list[Message] = []
   if system is not None:
     messages.append({"role": "system", "content": system})
   messages.append({"role": "user", "content": instance_prompt})
-  parse_errors = 0
-  for turn in range(1, max_turns + 1):
+  while machine.awaiting_reply:
     if (
         max_context_chars is not None
         and sum(len(m["content"]) for m in messages) > max_context_chars
     ):
-      return Episode(messages, None, turn - 1, "context_limit", parse_errors)
+      machine.stop("context_limit")
+      break
     reply = agent([dict(m) for m in messages])
     if not isinstance(reply, str):
       raise TypeError(
-          f"run_episode: the agent must return str, returned {type(reply).__name__} at turn {turn}"
+          f"run_episode: the agent must return str, returned {type(reply).__name__} at turn "
+          f"{machine.turns + 1}"
       )
     messages.append({"role": "assistant", "content": reply})
-    parsed = protocol.parse_reply(reply, cfg)
-    if parsed.kind == "solution":
-      return Episode(messages, parsed.solution, turn, "solution", parse_errors)
-    if parsed.kind == "error":
-      parse_errors += 1
-      messages.append({"role": "user", "content": parsed.repair})
-      if parse_errors >= MAX_PARSE_ERRORS:
-        return Episode(messages, None, turn, "parse_errors", parse_errors)
-      continue
-    result = executor.run(parsed.code, timeout_s)
-    observation = protocol.format_observation(observation_text(result, timeout_s), cfg)
-    messages.append({"role": "user", "content": observation})
-  return Episode(messages, None, max_turns, "max_turns", parse_errors)
+    step = machine.on_reply(reply)
+    if step.code is not None:
+      messages.append(
+          {"role": "user", "content": machine.observation(executor.run(step.code, timeout_s))}
+      )
+    elif step.user is not None:
+      messages.append({"role": "user", "content": step.user})
+  return machine.episode(messages)
 
 
 class ScriptedAgent:

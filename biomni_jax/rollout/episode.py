@@ -1,6 +1,7 @@
 """One multi-turn episode at the token level, as an asyncio coroutine (token-in, token-out).
 
-The rules are those of biomni_jax.env.episode.run_episode (the text-level loop) applied to token ids:
+The protocol's rules are env.episode.ProtocolMachine's (the text-level driver run_episode applies the
+same machine); this driver feeds it replies sampled by the engine and keeps the token ids:
 
     ids = chat prompt ids (system + task + `<|im_start|>assistant\\n`)      mask 0, version -1
     per turn (at most max_turns):
@@ -9,11 +10,12 @@ The rules are those of biomni_jax.env.episode.run_episode (the text-level loop) 
         (mask 1, the engine's log-probs and per-token weight versions)
       - close the reply: `<|im_end|>` (mask 0 unless the model sampled it, then it is part of the
         reply) and `\\n`
-      - parse the reply text (env.protocol.parse_reply):
+      - the machine parses the reply text (env.protocol.parse_reply):
           solution -> end ("solution");
           parse error -> user turn with the repair message; the second parse error ends ("parse_errors");
           execute -> the code runs in the episode's sandbox session while the engine serves others;
-                     its output comes back as the user turn `<observation>...</observation>`
+                     its output comes back as the user turn `<observation>...</observation>`;
+                     on the last allowed turn the episode ends ("max_turns") without running it
       - the next turn starts with `<|im_start|>assistant\\n`
     an engine error ends the episode ("error"), recorded with the exception text.
 Turns are submitted with priority group_id: when turns wait for an engine slot, older groups go first, so a
@@ -42,7 +44,7 @@ import numpy as np
 from biomni_jax.data.chat import ChatRenderer
 from biomni_jax.env import protocol
 from biomni_jax.env.environment import FamilyEnvironment, score_episode
-from biomni_jax.env.episode import MAX_PARSE_ERRORS, Episode, observation_text
+from biomni_jax.env.episode import ProtocolMachine
 from biomni_jax.env.tasks import TaskInstance
 from biomni_jax.rollout.config import RolloutConfig
 from biomni_jax.rollout.tool_runner import ToolRunner
@@ -139,24 +141,26 @@ async def run_token_episode(
   stop = tuple(protocol.stop_strings(pcfg))
 
   engine_len = 0  # ids the engine session already holds
-  solution, termination, error, turns, parse_errors = None, "max_turns", None, 0, 0
+  machine = ProtocolMachine(pcfg, cfg.max_turns, cfg.tool_timeout_s)
+  error = None
   tool_seconds = generate_seconds = 0.0
   session = engine.open_session()
   try:
-    for turn in range(1, cfg.max_turns + 1):
+    while machine.awaiting_reply:
+      turn = machine.turns + 1
       if turn > 1:
         if len(log_.ids) + len(header) > cfg.max_context_tokens:
-          termination = "context_limit"
+          machine.stop("context_limit")
           break
         log_.add_env(header)
       elif len(log_.ids) > cfg.max_context_tokens:
-        termination = "context_limit"
+        machine.stop("context_limit")
         break
       oldest = log_.min_version()
       if should_abort is not None and oldest is not None and should_abort(oldest):
         raise EpisodeAborted(
             oldest,
-            f"{instance.instance_id} sample {sample_index}: oldest token version " f"{oldest}",
+            f"{instance.instance_id} sample {sample_index}: oldest token version {oldest}",
         )
       params = SamplingParams(
           temperature=cfg.temperature,
@@ -172,17 +176,18 @@ async def run_token_episode(
       try:
         completion = await engine.generate(session, log_.ids[engine_len:], params)
       except Exception as exc:  # noqa: BLE001 - an engine failure ends only this episode
-        termination, error = "error", f"{type(exc).__name__}: {exc}"
+        machine.stop("error")
+        error = f"{type(exc).__name__}: {exc}"
         break
       finally:
         generate_seconds += time.monotonic() - started
       if completion.finish_reason == "error":
-        termination, error = "error", f"engine finish_reason 'error' ({completion.stop_reason})"
+        machine.stop("error")
+        error = f"engine finish_reason 'error' ({completion.stop_reason})"
         break
       if not completion.token_ids:  # the engine's max_len: nothing fits any more
-        termination = "context_limit"
+        machine.stop("context_limit")
         break
-      turns = turn
       sampled = list(completion.token_ids)
       log_.add_sampled(sampled, completion.logprobs, _completion_versions(completion))
       engine_len = len(log_.ids)
@@ -190,26 +195,18 @@ async def run_token_episode(
       reply_ids = sampled[:-1] if sampled_eos else sampled
       reply = renderer.tokenizer.decode(reply_ids)
       messages.append({"role": "assistant", "content": reply, "token_ids": reply_ids})
-      suffix = renderer.turn_suffix(sampled_eos)
-      log_.add_env(suffix.ids)  # an appended <|im_end|> was not sampled: mask 0
+      log_.add_env(renderer.turn_suffix(sampled_eos).ids)  # an appended <|im_end|>: mask 0
 
-      parsed = protocol.parse_reply(reply, pcfg)
-      if parsed.kind == "solution":
-        solution, termination = parsed.solution, "solution"
-        break
-      if parsed.kind == "error":
-        parse_errors += 1
-        user_text = parsed.repair
-      else:
+      step = machine.on_reply(reply)
+      user_text = step.user
+      if step.code is not None:
         started = time.monotonic()
-        result = await tool_runner.run(parsed.code, cfg.tool_timeout_s)
+        result = await tool_runner.run(step.code, cfg.tool_timeout_s)
         tool_seconds += time.monotonic() - started
-        user_text = protocol.format_observation(observation_text(result, cfg.tool_timeout_s), pcfg)
-      messages.append({"role": "user", "content": user_text})
-      log_.add_env(renderer.message(messages[-1]).ids)
-      if parsed.kind == "error" and parse_errors >= MAX_PARSE_ERRORS:
-        termination = "parse_errors"
-        break
+        user_text = machine.observation(result)
+      if user_text is not None:
+        messages.append({"role": "user", "content": user_text})
+        log_.add_env(renderer.message(messages[-1]).ids)
   finally:
     engine.close_session(session)
 
@@ -220,11 +217,8 @@ async def run_token_episode(
       pcfg,
       log_,
       messages,
-      solution,
-      turns,
-      termination,
+      machine,
       error,
-      parse_errors,
       prompt_len,
       group_id,
       tool_seconds,
@@ -233,28 +227,24 @@ async def run_token_episode(
 
 
 def _scored_trajectory(
-    env,
-    instance,
-    cfg,
-    pcfg,
-    log_,
-    messages,
-    solution,
-    turns,
-    termination,
-    error,
-    parse_errors,
-    prompt_len,
-    group_id,
-    tool_seconds,
-    generate_seconds,
+    env: FamilyEnvironment,
+    instance: TaskInstance,
+    cfg: RolloutConfig,
+    pcfg: protocol.ProtocolConfig,
+    log_: _TokenLog,
+    messages: list[dict[str, Any]],
+    machine: ProtocolMachine,
+    error: Optional[str],
+    prompt_len: int,
+    group_id: int,
+    tool_seconds: float,
+    generate_seconds: float,
 ) -> TokenTrajectory:
   text_messages = [{"role": m["role"], "content": m["content"]} for m in messages]
   correctness = fmt = 0.0
-  if termination != "error":
-    episode = Episode(text_messages, solution, turns, termination, parse_errors)
+  if machine.termination != "error":
     try:
-      rewards, _, _ = score_episode(env.family, instance, episode, pcfg)
+      rewards, _, _ = score_episode(env.family, instance, machine.episode(text_messages), pcfg)
       correctness, fmt = rewards["correctness"], rewards["format"]
     except Exception:  # noqa: BLE001 - a grader that chokes on a prediction scores it 0
       log.exception("episode: scoring %s raised; correctness 0", instance.instance_id)
@@ -276,8 +266,8 @@ def _scored_trajectory(
       correctness=float(correctness),
       format=float(fmt),
       reward=float(correctness + fmt),
-      num_turns=turns,
-      termination=termination,
+      num_turns=machine.turns,
+      termination=machine.termination,
       tool_seconds=tool_seconds,
       generate_seconds=generate_seconds,
       messages=messages,

@@ -127,15 +127,40 @@ def test_unclosed_tag_counts_as_a_parse_error_and_is_not_executed():
   assert "never closed" in out.messages[2]["content"]
 
 
-def test_max_turns_ends_the_episode():
+def test_max_turns_ends_the_episode_without_running_the_last_code():
+  executor = InProcessExecutor()
   agent = ScriptedAgent([reply("execute", f"print({i})") for i in range(5)])
-  out = run_episode(agent, "t", InProcessExecutor(), max_turns=3)
+  out = run_episode(agent, "t", executor, max_turns=3)
   assert out.termination == "max_turns" and out.turns == 3 and out.solution is None
-  assert (
-      len(out.assistant_messages) == 3
-      and out.messages[-1]["content"] == "<observation>2\n</observation>"
+  # The third reply's code would produce an observation no reply reads: it is not run.
+  assert [code for code, _ in executor.calls] == ["print(0)", "print(1)"]
+  assert out.messages[-2]["content"] == "<observation>1\n</observation>"
+  assert out.messages[-1] == {"role": "assistant", "content": reply("execute", "print(2)")}
+  assert len(out.assistant_messages) == 3 and out.format_reward() == 0.0
+
+
+def test_a_repair_on_the_last_turn_is_kept_and_the_episode_ends():
+  agent = ScriptedAgent([reply("execute", "x = 1"), "no tags"])
+  out = run_episode(agent, "t", InProcessExecutor(), max_turns=2)
+  assert (out.termination, out.turns, out.parse_errors) == ("max_turns", 2, 1)
+  assert out.messages[-1] == {"role": "user", "content": protocol.no_tags_message()}
+
+
+def test_protocol_machine_steps_by_hand():
+  machine = ep.ProtocolMachine(max_turns=3, timeout_s=2.0)
+  assert machine.on_reply(reply("execute", "a = 1")) == ep.Step(code="a = 1")
+  assert machine.observation(ep.result("", timed_out=True)) == (
+      "<observation>[Execution stopped: it exceeded the time limit of 2 s.]</observation>"
   )
-  assert out.format_reward() == 0.0
+  assert machine.on_reply("no tags") == ep.Step(user=protocol.no_tags_message())
+  assert machine.awaiting_reply and (machine.turns, machine.parse_errors) == (2, 1)
+  assert machine.on_reply(reply("solution", "42")) == ep.Step()
+  assert (machine.termination, machine.solution, machine.turns) == ("solution", "42", 3)
+  with pytest.raises(RuntimeError, match="after the episode ended"):
+    machine.on_reply(reply("solution", "43"))
+  stopped = ep.ProtocolMachine()
+  stopped.stop("context_limit")
+  assert stopped.episode([]).termination == "context_limit" and stopped.turns == 0
 
 
 def test_answer_tag_setting_is_followed():

@@ -175,6 +175,19 @@ def test_max_turns_and_context_limit(renderer):
   assert (t.termination, t.num_turns, t.num_sampled_tokens) == ("context_limit", 0, 0)
 
 
+def test_the_last_turn_code_is_not_run(renderer):
+  sandbox = FakeSandbox()
+  engine = ScriptedEngine(renderer, scripted("<think>t</think><execute>print(1)</execute>"))
+  t = run(engine, renderer, RolloutConfig(group_size=1, groups_per_batch=1, max_turns=2), sandbox)
+  assert (t.termination, t.num_turns) == ("max_turns", 2)
+  assert sandbox.log == ["print(1)"]  # turn 1's code only: no reply would read turn 2's output
+  assert [m["role"] for m in t.messages] == ["system", "user", "assistant", "user", "assistant"]
+  # The trajectory ends with the last reply and its `<|im_end|>\n`, no observation.
+  ids, mask = expected_masks(renderer, t.messages, sampled_eos=False)
+  np.testing.assert_array_equal(t.token_ids, ids)
+  np.testing.assert_array_equal(t.loss_mask, mask)
+
+
 def test_overlong_and_malformed_flag(renderer):
   engine = ScriptedEngine(renderer, scripted("<think>t</think><execute>print(1)</execute>"))
   t = run(
