@@ -22,6 +22,8 @@ training sequence. The generation prompt is `<|im_start|>assistant\\n`; the mode
 Tokenization: each piece (role name, content, "\\n") is tokenized on its own and the pieces are joined
 with the special-token ids, because BPE(a + b) may differ from BPE(a) + BPE(b). A message may carry
 `token_ids` (the exact sampled ids of that content); they are used verbatim and never re-tokenized.
+Content must be non-empty, except in an assistant message with `token_ids` (a sampled reply that
+decodes to no text, or of only `<|im_end|>`: token_ids []).
 
 Incremental use by the sampler (ids identical to `render` of the final conversation):
 
@@ -82,14 +84,20 @@ def validate_message(message: Any, where: str) -> None:
   content = message["content"]
   if not isinstance(content, str):
     raise ValueError(f"{where}.content: expected a string, found {type(content).__name__}")
-  if not content:
-    raise ValueError(f"{where}.content: expected non-empty text, found an empty string")
   token_ids = message.get("token_ids")
+  # A sampled reply may decode to no text (only <|im_end|>, or ids without text); its ids still
+  # render it, so an assistant message carrying token_ids may have empty content.
+  if not content and not (message["role"] == "assistant" and token_ids is not None):
+    raise ValueError(
+        f"{where}.content: expected non-empty text (empty only for an assistant reply with "
+        f"token_ids), found an empty string"
+    )
   if token_ids is not None:
     arr = np.asarray(token_ids)
-    if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+    ints = arr.size == 0 or np.issubdtype(arr.dtype, np.integer)
+    if arr.ndim != 1 or not ints or (arr.size == 0 and content):
       raise ValueError(
-          f"{where}.token_ids: expected a non-empty 1-D list of ints, "
+          f"{where}.token_ids: expected a 1-D list of ints (empty only with empty content), "
           f"found shape {arr.shape} dtype {arr.dtype}"
       )
 

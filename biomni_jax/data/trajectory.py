@@ -1,7 +1,8 @@
 """The trajectory record and its jsonl storage (one JSON object per line), validated on read and write.
 
 A trajectory is one finished episode:
-  messages          list of {"role": "system"|"user"|"assistant", "content": non-empty str}
+  messages          list of {"role": "system"|"user"|"assistant", "content": non-empty str} (an
+                    assistant reply sampled as ids may have empty content and carry its "token_ids")
   token_ids         int32 [T] the exact ids (sampled + environment), or None for text-only teacher
                     output (then `with_tokens` renders them)
   loss_mask         int32 [T] 0/1, 1 on the policy's own tokens; present iff token_ids is

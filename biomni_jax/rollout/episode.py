@@ -26,8 +26,9 @@ The ids equal `ChatRenderer.render(messages).ids` of the final conversation (ass
 their sampled `token_ids`), followed by `<|im_start|>assistant\n` when the episode ended waiting for a
 reply (the engine failed or had no room left, or the prompt alone was over the context cap); the
 masks differ from render's only on `<|im_end|>` tokens the model did not sample (render marks them 1;
-here they are 0 because no sampler log-prob exists for them). A reply of no text (only `<|im_end|>`, or ids that decode to
-nothing) is kept as an assistant message with empty content, which render refuses.
+here they are 0 because no sampler log-prob exists for them). A reply of no text (only `<|im_end|>`, or
+ids that decode to nothing) is kept as an assistant message with empty content and its token_ids,
+which render lays out like any other.
 
 reward = correctness (family.reward on the answer; 0 without one) + format (protocol.format_reward).
 """

@@ -129,6 +129,28 @@ def test_sampled_token_ids_are_used_verbatim(tokenizer):
   assert mask.sum() == len(odd_split) + 1
 
 
+def test_an_assistant_reply_of_no_text_renders_from_its_token_ids(tokenizer):
+  renderer = ChatRenderer(tokenizer)
+  user = {"role": "user", "content": "Q"}
+  header = prompt_ids([user], tokenizer).tolist()
+  closing = [renderer.im_end, *renderer.newline]
+  # Ids that decode to nothing (past the vocabulary), and a reply of only <|im_end|> (no ids).
+  for reply_ids in ([len(tokenizer) + 3, len(tokenizer) + 7], []):
+    ids, mask = render(
+        [user, {"role": "assistant", "content": "", "token_ids": reply_ids}], tokenizer
+    )
+    assert ids.tolist() == header + reply_ids + closing
+    assert mask.tolist() == [0] * len(header) + [1] * len(reply_ids) + [1, 0]
+  # Empty text is refused without ids, from other roles, and ids [] must go with empty text.
+  for bad, match in [
+      ({"role": "assistant", "content": ""}, r"content: expected non-empty text"),
+      ({"role": "user", "content": "", "token_ids": [5]}, r"content: expected non-empty text"),
+      ({"role": "assistant", "content": "x", "token_ids": []}, r"token_ids: expected a 1-D list"),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      render([user, bad], tokenizer)
+
+
 def test_prompt_ends_with_the_assistant_header(tokenizer):
   ids = prompt_ids(CONVERSATION[:2], tokenizer)
   assert tokenizer.decode(ids).endswith("<|im_end|>\n<|im_start|>assistant\n")

@@ -188,6 +188,17 @@ def test_the_last_turn_code_is_not_run(renderer):
   np.testing.assert_array_equal(t.loss_mask, mask)
 
 
+def test_a_reply_of_only_im_end_renders_back_to_the_trajectory(renderer):
+  replies = scripted("", "<think>t</think><solution>0</solution>")
+  engine = ScriptedEngine(renderer, replies, sampled_eos=True)
+  t = run(engine, renderer)
+  assert t.messages[2] == {"role": "assistant", "content": "", "token_ids": []}
+  assert (t.termination, t.num_turns, t.correctness, t.format) == ("solution", 2, 1.0, 0.0)
+  ids, mask = expected_masks(renderer, t.messages, sampled_eos=True)
+  np.testing.assert_array_equal(t.token_ids, ids)
+  np.testing.assert_array_equal(t.loss_mask, mask)
+
+
 def test_overlong_and_malformed_flag(renderer):
   engine = ScriptedEngine(renderer, scripted("<think>t</think><execute>print(1)</execute>"))
   t = run(
