@@ -46,7 +46,7 @@ from biomni_jax.sampling import kv_cache
 from biomni_jax.sampling.decode import unstack_layers
 from biomni_jax.sampling.params import Completion, SamplingParams
 from biomni_jax.sampling.sampler import seed_key_data
-from biomni_jax.sampling.steps import StepCompiler
+from biomni_jax.sampling.steps import DecodeRows, PrefillRows, StepCompiler
 from biomni_jax.sampling.stop import StopMatcher
 from biomni_jax.sharding import ShardingRules
 
@@ -490,37 +490,21 @@ class Engine:
         self._prefill_call(bucket, group)
     return fused
 
-  def _prefill_inputs(self, width: int, group: list) -> tuple:
-    """The prefill step's arguments after the cache, for `group` [(request, real tokens)] padded to width."""
-    rows = self.max_prefill_rows
-    tokens, slots, starts, lasts, top_k = (
-        np.zeros((rows, width), np.int32),
-        *(np.zeros(rows, np.int32) for _ in range(4)),
-    )
-    temperature, top_p = np.zeros(rows, np.float32), np.ones(rows, np.float32)
-    key_data = np.zeros((rows, 2), np.uint32)
+  def _prefill_inputs(self, width: int, group: list) -> PrefillRows:
+    """The prefill step's rows for `group` [(request, real tokens)], each padded to `width`."""
+    rows = PrefillRows.zeros(self.max_prefill_rows, width)
+    rows = rows._replace(num_rows=np.int32(len(group)))
     for i, (r, real) in enumerate(group):
-      s, p = r.session, r.params
-      tokens[i, :real] = s.history[s.cached : s.cached + real]
-      slots[i], starts[i], lasts[i] = s.slot, s.cached, real - 1
-      temperature[i], top_p[i], top_k[i], key_data[i] = p.temperature, p.top_p, p.top_k, r.key_data
-    return (
-        len(group),
-        slots,
-        tokens,
-        starts,
-        lasts,
-        key_data,
-        np.zeros(rows, np.int32),
-        temperature,
-        top_p,
-        top_k,
-    )
+      s = r.session
+      rows.tokens[i, :real] = s.history[s.cached : s.cached + real]
+      rows.slots[i], rows.starts[i], rows.lasts[i] = s.slot, s.cached, real - 1
+      rows.sampling.set_row(i, r.params, r.key_data)
+    return rows
 
   def _prefill_call(self, width: int, group: list) -> None:
     try:
       out_tokens, out_logprobs, self._cache = self._steps.prefill(
-          self._params, self._cache, *self._prefill_inputs(width, group)
+          self._params, self._cache, self._prefill_inputs(width, group)
       )
       out_tokens, out_logprobs = np.asarray(out_tokens), np.asarray(out_logprobs)
     except Exception as exc:  # noqa: BLE001 - the requests this call carried fail; others carry on
@@ -549,33 +533,25 @@ class Engine:
 
   # ------------------------------------------------------------------------------------------ decoding
 
-  def _decode_inputs(self, decoding: list, after_prefill: dict) -> tuple:
-    """The decode step's arguments after the cache. decoding: requests in state decode; after_prefill:
-    slot -> (request, real) of the chunks prefilled in the same program (their K/V is written first).
-    """
-    n = self.num_slots
-    tokens, lengths, counters, top_k = (np.zeros(n, np.int32) for _ in range(4))
-    temperature, top_p = np.zeros(n, np.float32), np.ones(n, np.float32)
-    key_data, active = np.zeros((n, 2), np.uint32), np.zeros(n, bool)
+  def _decode_inputs(self, decoding: list, after_prefill: dict) -> DecodeRows:
+    """The decode step's rows. decoding: requests in state decode; after_prefill: slot -> (request,
+    real) of the chunks prefilled in the same program (their K/V is written first)."""
+    rows = DecodeRows.zeros(self.num_slots)
     for slot, owner in enumerate(self._slot_owner):
       if owner is not None:  # idle rows write K/V only past their valid prefix
-        lengths[slot] = owner.cached + (after_prefill[slot][1] if slot in after_prefill else 0)
+        rows.lengths[slot] = owner.cached + (after_prefill[slot][1] if slot in after_prefill else 0)
     for r in decoding:
-      i, p = r.session.slot, r.params
-      tokens[i], counters[i], active[i] = (
-          r.session.history[-1] if r.tokens else 0,
-          len(r.tokens),
-          True,
-      )
-      temperature[i], top_p[i], top_k[i], key_data[i] = p.temperature, p.top_p, p.top_k, r.key_data
-    return tokens, lengths, active, key_data, counters, temperature, top_p, top_k
+      i = r.session.slot
+      rows.tokens[i], rows.active[i] = (r.session.history[-1] if r.tokens else 0), True
+      rows.sampling.set_row(i, r.params, r.key_data, len(r.tokens))
+    return rows
 
   def _decode_once(self) -> None:
     decoding = [r for r in self._active if r.state == "decode"]
     if not decoding:
       return
     out_tokens, out_logprobs, self._cache = self._steps.decode(
-        self._decode_params, self._cache, *self._decode_inputs(decoding, {})
+        self._decode_params, self._cache, self._decode_inputs(decoding, {})
     )
     self._decoded(decoding, np.asarray(out_tokens), np.asarray(out_logprobs))
 
@@ -595,9 +571,8 @@ class Engine:
     decode_inputs = self._decode_inputs(
         decoding + [r for _, r in completing], {r.session.slot: (r, real) for r, real in group}
     )
-    counters = decode_inputs[4]
     for _, r in completing:
-      counters[r.session.slot] = 1
+      decode_inputs.sampling.counters[r.session.slot] = 1
     try:
       p_tokens, p_logprobs, d_tokens, d_logprobs, self._cache = self._steps.prefill_decode(
           self._params,

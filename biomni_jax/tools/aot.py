@@ -170,34 +170,10 @@ def compile_sampler(cfg, model_config, host_topology: str) -> SamplerReport:
   )
   cache = tuple(jax.ShapeDtypeStruct(shape, dtype, sharding=cache_sh) for _ in range(2))
   steps = StepCompiler(model_config, rules, 128)
-  i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
-  u32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.uint32)
-  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
-  prefill = (
-      i32(),
-      i32(rows),
-      i32(rows, chunk),
-      i32(rows),
-      i32(rows),
-      u32(rows, 2),
-      i32(rows),
-      f32(rows),
-      f32(rows),
-      i32(rows),
-  )
-  decode = (
-      i32(slots),
-      i32(slots),
-      jax.ShapeDtypeStruct((slots,), jnp.bool_),
-      u32(slots, 2),
-      i32(slots),
-      f32(slots),
-      f32(slots),
-      i32(slots),
-  )
   start = time.time()
-  p = steps._prefill.lower(params, cache, *prefill).compile().memory_analysis()
-  d = steps._decode.lower(_per_layer(params), cache, *decode).compile().memory_analysis()
+  prefill, decode, _ = steps.lowered(params, _per_layer(params), cache, rows, chunk)
+  p = prefill.compile().memory_analysis()
+  d = decode.compile().memory_analysis()
   return SamplerReport(
       host_topology=host_topology,
       mesh={"tensor": tensor},

@@ -1,12 +1,13 @@
 """Prefill of several slots in one call, and evicted sessions restored from host copies of their K/V."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from biomni_jax import model as M
 from biomni_jax.sampling import Engine, SamplingParams
 from biomni_jax.sampling.decode import unstack_layers
-from biomni_jax.sampling.steps import StepCompiler
+from biomni_jax.sampling.steps import DecodeRows, PrefillRows, SamplingRows, StepCompiler
 from tests.sampling.conftest import random_ids
 
 TIMEOUT = 120
@@ -30,17 +31,29 @@ def test_prefill_rows_equal_one_row_at_a_time_bit_for_bit(tiny_checkpoint):
       (config.num_hidden_layers, 4, S, config.num_key_value_heads, config.head_dim)
   ).astype(np.float32)
   fresh_cache = lambda: (jnp.asarray(prefix), jnp.asarray(prefix * 2))  # noqa: E731 - calls donate the cache
-  args = (key_data, counters, temperature, top_p, top_k)
-
-  together_tok, together_lp, (k_all, v_all) = steps.prefill(
-      params, fresh_cache(), R, slots, tokens, starts, lasts, *args
+  sampling = SamplingRows(
+      key_data,
+      counters,
+      *(
+          np.asarray(a, t)
+          for a, t in [(temperature, np.float32), (top_p, np.float32), (top_k, np.int32)]
+      ),
   )
+  rows = PrefillRows(
+      np.int32(R),
+      slots.astype(np.int32),
+      tokens,
+      starts.astype(np.int32),
+      lasts.astype(np.int32),
+      sampling,
+  )
+
+  together_tok, together_lp, (k_all, v_all) = steps.prefill(params, fresh_cache(), rows)
   cache = fresh_cache()
   for r in range(R):  # each row alone, in a call whose other rows are skipped (num_rows = 1)
     row = lambda x: np.concatenate([x[r : r + 1], np.zeros_like(x[: R - 1])])  # noqa: E731
-    tok, lp, cache = steps.prefill(
-        params, cache, 1, row(slots), row(tokens), row(starts), row(lasts), *(row(a) for a in args)
-    )
+    alone = jax.tree.map(row, rows._replace(num_rows=None))._replace(num_rows=np.int32(1))
+    tok, lp, cache = steps.prefill(params, cache, alone)
     assert int(tok[0]) == int(together_tok[r])
     assert np.asarray(lp)[0] == np.asarray(together_lp)[r]  # bit-identical
   np.testing.assert_array_equal(np.asarray(cache[0]), np.asarray(k_all))
@@ -130,17 +143,19 @@ def test_prefill_decode_in_one_program_equals_the_two_programs_bit_for_bit(tiny_
       np.array([9, 60, 0, 0, 0, 0]),
       np.array([15, 3, 10, 0, 0, 0]),
   )
-  prefill = (
-      3,
-      slots,
+  prefill = PrefillRows(
+      np.int32(3),
+      slots.astype(np.int32),
       rng.integers(0, config.vocab_size, (R, T)).astype(np.int32),
-      starts,
-      lasts,
-      rng.integers(0, 2**31, (R, 2)).astype(np.uint32),
-      np.zeros(R, np.int32),
-      np.full(R, 0.9),
-      np.ones(R),
-      np.zeros(R, np.int32),
+      starts.astype(np.int32),
+      lasts.astype(np.int32),
+      SamplingRows(
+          rng.integers(0, 2**31, (R, 2)).astype(np.uint32),
+          np.zeros(R, np.int32),
+          np.full(R, 0.9, np.float32),
+          np.ones(R, np.float32),
+          np.zeros(R, np.int32),
+      ),
   )
   from_prefill = np.array([-1, 1, -1, -1, 0, -1])
   d_tokens = rng.integers(0, config.vocab_size, N).astype(np.int32)
@@ -148,21 +163,24 @@ def test_prefill_decode_in_one_program_equals_the_two_programs_bit_for_bit(tiny_
       [70, 64, 3, 30, 25, 11]
   )  # slot 5 is idle mid-prompt: written past its 11 valid positions
   active = np.array([True, True, False, True, True, False])
-  decode = (
-      lengths,
+  decode = DecodeRows(
+      d_tokens,
+      lengths.astype(np.int32),
       active,
-      rng.integers(0, 2**31, (N, 2)).astype(np.uint32),
-      np.array([3, 1, 0, 7, 1, 0]),
-      np.full(N, 1.1),
-      np.full(N, 0.95),
-      np.array([0, 5, 0, 0, 0, 0]),
+      SamplingRows(
+          rng.integers(0, 2**31, (N, 2)).astype(np.uint32),
+          np.array([3, 1, 0, 7, 1, 0], np.int32),
+          np.full(N, 1.1, np.float32),
+          np.full(N, 0.95, np.float32),
+          np.array([0, 5, 0, 0, 0, 0], np.int32),
+      ),
   )
 
-  p_tok, p_lp, cache = steps.prefill(params, fresh_cache(), *prefill)
+  p_tok, p_lp, cache = steps.prefill(params, fresh_cache(), prefill)
   fed = np.where(from_prefill >= 0, np.asarray(p_tok)[np.maximum(from_prefill, 0)], d_tokens)
-  d_tok, d_lp, (k_two, v_two) = steps.decode(dparams, cache, fed, *decode)
+  d_tok, d_lp, (k_two, v_two) = steps.decode(dparams, cache, decode._replace(tokens=fed))
   p_tok1, p_lp1, d_tok1, d_lp1, (k_one, v_one) = steps.prefill_decode(
-      params, dparams, fresh_cache(), prefill, from_prefill, (d_tokens,) + decode
+      params, dparams, fresh_cache(), prefill, from_prefill, decode
   )
   np.testing.assert_array_equal(np.asarray(p_tok1), np.asarray(p_tok))
   np.testing.assert_array_equal(np.asarray(p_lp1), np.asarray(p_lp))
@@ -184,16 +202,14 @@ def test_decode_attends_over_active_rows_only_and_their_results_do_not_change(ti
   tokens, lengths = np.array([3, 4, 5, 6]), np.array(
       [10, 120, 20, 0]
   )  # slot 1: an idle session of 120 tokens
-  rest = (
-      rng.integers(0, 2**31, (N, 2)).astype(np.uint32),
-      np.zeros(N, np.int32),
-      np.zeros(N),
-      np.ones(N),
-      np.zeros(N, np.int32),
+  sampling = SamplingRows.zeros(N)._replace(
+      key_data=rng.integers(0, 2**31, (N, 2)).astype(np.uint32)
   )
   outs = [
       steps.decode(
-          dparams, (jnp.asarray(prefix), jnp.asarray(prefix)), tokens, lengths, active, *rest
+          dparams,
+          (jnp.asarray(prefix), jnp.asarray(prefix)),
+          DecodeRows(tokens.astype(np.int32), lengths.astype(np.int32), active, sampling),
       )
       for active in (np.ones(N, bool), np.array([True, False, True, False]))
   ]
