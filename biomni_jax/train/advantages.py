@@ -39,8 +39,12 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from biomni_jax.registry import Registry
+
 Array = jax.Array
 AdvantageFn = Callable[..., Array]
+# name (config field `advantage_estimator`) -> (rewards_n, group_ids_n, num_groups, *, eps) -> [N]
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
 
 
 # Rewards closer than this (relative to the group's largest |R|) are the same reward up to float32
@@ -74,12 +78,14 @@ def _group_stats(
   return centred_n, jnp.sqrt(var_g)[group_ids_n], size_g[group_ids_n], signal_g[group_ids_n]
 
 
+@ADVANTAGES.register("grpo")
 def grpo(rewards_n: Array, group_ids_n: Array, num_groups: int, *, eps: float = 1e-6) -> Array:
   """(R_i - mu_g) / (sigma_g + eps); 0 for groups of one and flat groups."""
   centred, std, _, signal = _group_stats(rewards_n, group_ids_n, num_groups)
   return jnp.where(signal, centred / (std + eps), 0.0)
 
 
+@ADVANTAGES.register("drgrpo")
 def drgrpo(rewards_n: Array, group_ids_n: Array, num_groups: int, *, eps: float = 1e-6) -> Array:
   """R_i - mu_g; 0 for groups of one and flat groups. eps is unused."""
   del eps
@@ -87,25 +93,13 @@ def drgrpo(rewards_n: Array, group_ids_n: Array, num_groups: int, *, eps: float 
   return jnp.where(signal, centred, 0.0)
 
 
+@ADVANTAGES.register("rloo")
 def rloo(rewards_n: Array, group_ids_n: Array, num_groups: int, *, eps: float = 1e-6) -> Array:
   """R_i minus the mean of the other members of its group; 0 for groups of one and flat groups."""
   del eps
   centred, _, size, signal = _group_stats(rewards_n, group_ids_n, num_groups)
   scale = size / jnp.maximum(size - 1.0, 1.0)
   return jnp.where(signal, scale * centred, 0.0)
-
-
-ADVANTAGES: dict[str, AdvantageFn] = {"grpo": grpo, "drgrpo": drgrpo, "rloo": rloo}
-
-
-def get_advantage_fn(name: str) -> AdvantageFn:
-  """The estimator registered under ``name`` (config field ``advantage_estimator``)."""
-  try:
-    return ADVANTAGES[name]
-  except KeyError:
-    raise ValueError(
-        f"unknown advantage estimator {name!r}; expected one of " f"{sorted(ADVANTAGES)}"
-    ) from None
 
 
 def compute_advantages(
@@ -127,7 +121,7 @@ def compute_advantages(
   Returns:
     float32 advantages with the shape of ``rewards``.
   """
-  fn = get_advantage_fn(name)
+  fn = ADVANTAGES[name]
   rewards = jnp.asarray(rewards, jnp.float32)
   if rewards.ndim == 2:
     if group_ids is not None:

@@ -39,8 +39,13 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from biomni_jax.registry import Registry
+
 Array = jax.Array
 AggregationFn = Callable[..., tuple[Array, Array]]
+# mode name (config fields `loss_aggregation`, `aggregation`) -> (values, mask, *, segment_ids,
+# token_sum_norm) -> (loss_sum, denominator)
+AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation")
 
 
 def _check_shapes(values_bt: Array, mask_bt: Array, where: str) -> None:
@@ -75,6 +80,7 @@ def _per_sequence_sums(
   return value_sum, count
 
 
+@AGGREGATIONS.register("token-mean")
 def token_mean(
     values_bt: Array,
     mask_bt: Array,
@@ -91,6 +97,7 @@ def token_mean(
   return (values_bt.astype(jnp.float32) * mask).sum(), mask.sum()
 
 
+@AGGREGATIONS.register("seq-mean-token-mean")
 def seq_mean_token_mean(
     values_bt: Array,
     mask_bt: Array,
@@ -109,6 +116,7 @@ def seq_mean_token_mean(
   return per_seq_mean.sum(), has_tokens.sum().astype(jnp.float32)
 
 
+@AGGREGATIONS.register("seq-mean-token-sum-norm")
 def seq_mean_token_sum_norm(
     values_bt: Array,
     mask_bt: Array,
@@ -137,23 +145,6 @@ def seq_mean_token_sum_norm(
   return value_sum.sum() / norm, (count > 0).sum().astype(jnp.float32)
 
 
-AGGREGATIONS: dict[str, AggregationFn] = {
-    "token-mean": token_mean,
-    "seq-mean-token-mean": seq_mean_token_mean,
-    "seq-mean-token-sum-norm": seq_mean_token_sum_norm,
-}
-
-
-def get_aggregation(name: str) -> AggregationFn:
-  """The aggregation function registered under ``name`` (config field ``loss_aggregation``)."""
-  try:
-    return AGGREGATIONS[name]
-  except KeyError:
-    raise ValueError(
-        f"unknown loss aggregation {name!r}; expected one of " f"{sorted(AGGREGATIONS)}"
-    ) from None
-
-
 def aggregate(
     name: str,
     values_bt: Array,
@@ -163,6 +154,6 @@ def aggregate(
     token_sum_norm: Optional[float] = None,
 ) -> tuple[Array, Array]:
   """Aggregate per-token values [B, T] with loss mask [B, T] by mode ``name``."""
-  return get_aggregation(name)(
+  return AGGREGATIONS[name](
       values_bt, mask_bt, segment_ids=segment_ids, token_sum_norm=token_sum_norm
   )

@@ -42,11 +42,37 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
+from biomni_jax.registry import Registry
 from biomni_jax.train import aggregation as aggregation_lib
 
 Array = jax.Array
 # (logp, logp_old, advantages, cfg) -> (per-token loss [B,T], indicator arrays [B,T])
 TokenPolicyLossFn = Callable[[Array, Array, Array, "PolicyLossConfig"], tuple[Array, dict]]
+# (logp, logp_ref) -> per-token KL estimate [B,T]
+KLEstimatorFn = Callable[[Array, Array], Array]
+POLICY_LOSSES: Registry[TokenPolicyLossFn] = Registry("policy loss")
+KL_ESTIMATORS: Registry[KLEstimatorFn] = Registry("KL estimator")
+
+# The metrics `policy_loss` returns, all additive sums over loss tokens except the ratio extremes
+# (max/min): the first ten always, the last four when their term is on (tis_cap, kl_coef,
+# entropy_coef). combine_metrics and finalize_metrics read them; trainers pick them out of a step's
+# metrics by this list.
+METRIC_SUMS = (
+    "num_tokens",
+    "pg_loss_sum",
+    "clip_low_count",
+    "clip_high_count",
+    "dual_clip_count",
+    "ratio_sum",
+    "ratio_sq_sum",
+    "ratio_max",
+    "ratio_min",
+    "approx_kl_sum",
+    "tis_weight_sum",
+    "tis_capped_count",
+    "kl_sum",
+    "entropy_sum",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,14 +80,14 @@ class PolicyLossConfig:
   """Knobs of the policy loss. Defaults are the Biomni-R0 RL recipe.
 
   Attributes:
-    policy_loss: key of ``POLICY_LOSSES``.
+    policy_loss: name in ``POLICY_LOSSES``.
     clip_low, clip_high: PPO ratio clip range [1 - clip_low, 1 + clip_high].
     dual_clip: c > 1 bounding the loss of negative-advantage tokens by -A c; None disables.
     tis_cap: cap of the truncated importance weight vs the sampler; None disables TIS.
     kl_coef: weight of the KL penalty to the reference policy; 0 disables.
-    kl_estimator: key of ``KL_ESTIMATORS`` ("k1", "k2", "k3").
+    kl_estimator: name in ``KL_ESTIMATORS`` ("k1", "k2", "k3").
     entropy_coef: weight of the entropy bonus; 0 disables.
-    aggregation: key of ``aggregation.AGGREGATIONS``.
+    aggregation: name in ``aggregation.AGGREGATIONS``.
     token_sum_norm: the run's constant normaliser of "seq-mean-token-sum-norm" (Dr.GRPO: the
       maximum response length; RL uses its row length rl.seq_len); required by that mode, ignored
       by the others. ``from_config`` fills it from ``default_token_sum_norm`` when unset.
@@ -79,17 +105,13 @@ class PolicyLossConfig:
   token_sum_norm: Optional[float] = None
 
   def __post_init__(self):
-    if self.policy_loss not in POLICY_LOSSES:
-      raise ValueError(
-          f"PolicyLossConfig.policy_loss: unknown {self.policy_loss!r}; "
-          f"expected one of {sorted(POLICY_LOSSES)}"
-      )
-    if self.kl_estimator not in KL_ESTIMATORS:
-      raise ValueError(
-          f"PolicyLossConfig.kl_estimator: unknown {self.kl_estimator!r}; "
-          f"expected one of {sorted(KL_ESTIMATORS)}"
-      )
-    aggregation_lib.get_aggregation(self.aggregation)
+    for name, registry in (("policy_loss", POLICY_LOSSES), ("kl_estimator", KL_ESTIMATORS)):
+      if getattr(self, name) not in registry:
+        raise ValueError(
+            f"PolicyLossConfig.{name}: unknown {getattr(self, name)!r}; "
+            f"expected one of {registry.names()}"
+        )
+    aggregation_lib.AGGREGATIONS[self.aggregation]  # an unknown mode raises, naming the known ones
     if not (0 <= self.clip_low < 1) or self.clip_high < 0:
       raise ValueError(
           f"PolicyLossConfig: expected 0 <= clip_low < 1 and clip_high >= 0, "
@@ -128,6 +150,7 @@ class PolicyLossConfig:
     return cls(**fields)
 
 
+@POLICY_LOSSES.register("ppo_clip")
 def ppo_clip(logp: Array, logp_old: Array, adv: Array, cfg: PolicyLossConfig) -> tuple[Array, dict]:
   """PPO clipped surrogate with clip-higher and dual-clip; see module docstring."""
   ratio = jnp.exp(logp - logp_old)
@@ -147,6 +170,7 @@ def ppo_clip(logp: Array, logp_old: Array, adv: Array, cfg: PolicyLossConfig) ->
   return loss, indicators
 
 
+@POLICY_LOSSES.register("importance_sampling")
 def importance_sampling(
     logp: Array, logp_old: Array, adv: Array, cfg: PolicyLossConfig
 ) -> tuple[Array, dict]:
@@ -160,16 +184,22 @@ def importance_sampling(
   }
 
 
-POLICY_LOSSES: dict[str, TokenPolicyLossFn] = {
-    "ppo_clip": ppo_clip,
-    "importance_sampling": importance_sampling,
-}
+@KL_ESTIMATORS.register("k1")
+def kl_k1(logp: Array, logp_ref: Array) -> Array:
+  """d = logp - logp_ref."""
+  return logp - logp_ref
 
-KL_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {
-    "k1": lambda logp, logp_ref: logp - logp_ref,
-    "k2": lambda logp, logp_ref: 0.5 * (logp - logp_ref) ** 2,
-    "k3": lambda logp, logp_ref: jnp.exp(logp_ref - logp) - (logp_ref - logp) - 1.0,
-}
+
+@KL_ESTIMATORS.register("k2")
+def kl_k2(logp: Array, logp_ref: Array) -> Array:
+  """d^2 / 2."""
+  return 0.5 * (logp - logp_ref) ** 2
+
+
+@KL_ESTIMATORS.register("k3")
+def kl_k3(logp: Array, logp_ref: Array) -> Array:
+  """exp(-d) + d - 1 (>= 0, low variance)."""
+  return jnp.exp(logp_ref - logp) - (logp_ref - logp) - 1.0
 
 
 def _require(value: Optional[Array], name: str, reason: str, shape: tuple) -> Array:

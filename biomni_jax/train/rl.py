@@ -39,6 +39,7 @@ from biomni_jax import model as M
 from biomni_jax.config_utils import ConfigError, field
 from biomni_jax.model.config import ModelConfig
 from biomni_jax.sharding import ShardingRules
+from biomni_jax.train import advantages as advantages_lib
 from biomni_jax.train import losses, rl_batch, rl_metrics
 from biomni_jax.train.checkpoint import Checkpointer
 from biomni_jax.train.metrics import MetricsWriter
@@ -124,7 +125,7 @@ class RLSettings:
             "rl.advantage_estimator",
             str,
             default="drgrpo",
-            choices=("grpo", "drgrpo", "rloo"),
+            choices=tuple(advantages_lib.ADVANTAGES),
         ),
         temperature=field(config, "rl.temperature", (int, float), minimum=0.0),
         num_steps=field(config, "rl.num_steps", int, minimum=0, default=0),
@@ -333,7 +334,7 @@ class RLTrainer:
       state, metrics = self.step_fn(state, placed)
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       step_metrics.append(metrics)
-      loss_sums = {k: jnp.asarray(metrics[k]) for k in _LOSS_SUM_KEYS if k in metrics}
+      loss_sums = {k: jnp.asarray(metrics[k]) for k in losses.METRIC_SUMS if k in metrics}
       sums = loss_sums if sums is None else losses.combine_metrics(sums, loss_sums)
     train_seconds = time.perf_counter() - t0
     out = {k: float(v) for k, v in losses.finalize_metrics(sums).items()}
@@ -360,24 +361,6 @@ class RLTrainer:
         train_seconds=train_seconds,
     )
     return state, out
-
-
-_LOSS_SUM_KEYS = (
-    "num_tokens",
-    "pg_loss_sum",
-    "clip_low_count",
-    "clip_high_count",
-    "dual_clip_count",
-    "ratio_sum",
-    "ratio_sq_sum",
-    "ratio_max",
-    "ratio_min",
-    "approx_kl_sum",
-    "tis_weight_sum",
-    "tis_capped_count",
-    "kl_sum",
-    "entropy_sum",
-)
 
 
 def pad_to_common_rows(minibatches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

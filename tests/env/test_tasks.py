@@ -19,7 +19,7 @@ SAMPLE = eval1.sample_path()  # the 50 real Eval1 rows shipped with the package
 
 def test_registry_lists_the_families_and_rejects_unknown_names():
   assert set(EMBEDDED) <= set(family_names())
-  with pytest.raises(KeyError, match="found 'nope'"):
+  with pytest.raises(KeyError, match="unknown task family 'nope'; expected one of"):
     get_family("nope")
   with pytest.raises(ValueError, match="expected split"):
     get_family("sequence_qa").instance("dev", 0)

@@ -27,7 +27,7 @@ def test_registry_specs_resolve_and_render_into_the_system_prompt():
   ]
   text = protocol.system_prompt(tools=tool_specs(group="sequence"))
   assert "find_restriction_sites" in text and "enzymes (list[str])" in text
-  with pytest.raises(KeyError, match="found 'nope'"):
+  with pytest.raises(KeyError, match="unknown tool 'nope'; expected one of"):
     get_tool("nope")
 
 

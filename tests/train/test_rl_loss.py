@@ -81,3 +81,27 @@ def test_rl_loss_matches_reference_packed_and_unpacked():
     grads.append(value_and_grad(p_new, batch)[1])
   assert clip_fracs[0] > 0 and abs(clip_fracs[0] - clip_fracs[1]) < 1e-6
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6), *grads)
+
+
+def test_policy_loss_returns_exactly_the_declared_metric_sums():
+  """losses.METRIC_SUMS (what the trainer picks out of a step's metrics) is what policy_loss returns:
+  the first ten always, the TIS, KL and entropy sums only with their terms on."""
+  logp = jnp.log(jnp.asarray([[0.5, 0.25, 0.9], [0.1, 0.6, 0.3]], jnp.float32))
+  mask, adv = jnp.asarray([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]), jnp.asarray([1.0, -0.5])
+  _, _, plain = losses.policy_loss(logp, adv, mask, losses.PolicyLossConfig())
+  assert tuple(plain) == losses.METRIC_SUMS[:10]
+  every_term = losses.PolicyLossConfig(tis_cap=2.0, kl_coef=0.1, entropy_coef=0.01)
+  _, _, full = losses.policy_loss(
+      logp,
+      adv,
+      mask,
+      every_term,
+      old_logprobs=logp - 0.1,
+      sampler_logprobs=logp,
+      ref_logprobs=logp + 0.2,
+      entropies=jnp.ones_like(logp),
+  )
+  assert tuple(full) == losses.METRIC_SUMS
+  assert float(full["num_tokens"]) == 4.0 and float(full["entropy_sum"]) == 4.0
+  # k3 at d = -0.2 on each of the 4 loss tokens: exp(0.2) - 0.2 - 1.
+  np.testing.assert_allclose(float(full["kl_sum"]), 4 * (np.exp(0.2) - 1.2), rtol=1e-5)

@@ -22,6 +22,7 @@ import re
 
 from biomni_jax.env.knowledge import get_knowledge_base
 from biomni_jax.env.tasks.base import INPUTS_VARIABLE
+from biomni_jax.registry import Registry
 
 RESULT_MARKER = "== RESULT =="
 _HPO = re.compile(r"HP:\d{7}")
@@ -277,7 +278,11 @@ class SequenceQASolver:
     return list(x["options"])
 
 
-SOLVERS = {
-    s.family: s
-    for s in (RareDiseaseSolver(), PatientGeneSolver(), LocusGeneSolver(), SequenceQASolver())
-}
+# family name -> its solver (one stateless instance each)
+SOLVERS = Registry.from_items(
+    "scripted solver",
+    {
+        s.family: s
+        for s in (RareDiseaseSolver(), PatientGeneSolver(), LocusGeneSolver(), SequenceQASolver())
+    },
+)

@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 from biomni_jax.env.tasks.base import TaskFamily
+from biomni_jax.registry import Registry
 
-_FAMILIES: dict[str, Callable[..., TaskFamily]] = {}
+FAMILIES: Registry[type[TaskFamily]] = Registry("task family")
 
 
 def register(name: str):
   """Class decorator: make the family constructible as get_family(name, **kwargs)."""
 
   def wrap(cls):
-    if name in _FAMILIES:
-      raise ValueError(f"task registry: family {name!r} is registered twice")
+    FAMILIES.add(name, cls)
     cls.name = name
-    _FAMILIES[name] = cls
     return cls
 
   return wrap
 
 
 def family_names() -> list[str]:
-  return sorted(_FAMILIES)
+  return FAMILIES.names()
 
 
 def get_family(name: str, **kwargs) -> TaskFamily:
-  if name not in _FAMILIES:
-    raise KeyError(f"task registry: expected one of {family_names()}, found {name!r}")
-  return _FAMILIES[name](**kwargs)
+  """A new instance of the family registered as `name` (UnknownNameError, a KeyError, if none is)."""
+  return FAMILIES[name](**kwargs)

@@ -12,6 +12,8 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
+from biomni_jax.registry import Registry
+
 KNOWLEDGE = "biomni_jax.env.tools.knowledge_tools"
 SEQUENCE = "biomni_jax.env.tools.sequence_tools"
 
@@ -253,12 +255,11 @@ _SPECS = [
     ),
 ]
 
-TOOLS: dict[str, ToolSpec] = {spec.name: spec for spec in _SPECS}
+TOOLS: Registry[ToolSpec] = Registry.from_items("tool", {spec.name: spec for spec in _SPECS})
 
 
 def get_tool(name: str) -> ToolSpec:
-  if name not in TOOLS:
-    raise KeyError(f"tools registry: expected one of {sorted(TOOLS)}, found {name!r}")
+  """The spec of tool `name` (UnknownNameError, a KeyError, naming the known tools if none)."""
   return TOOLS[name]
 
 
