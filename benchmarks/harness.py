@@ -1,18 +1,18 @@
-"""Peer benchmarks that machine load cannot fake: interleaved repetitions, medians, CPU time, load flag.
+"""Peer benchmarks that load cannot fake: interleaved repetitions, medians, CPU time, a load flag.
 
 Every benchmark in this directory measures its peers through `run_interleaved`:
 
 - Peers run interleaved, A B C A B C ..., never AAA BBB CCC, so a neighbour that starts or stops
   mid-run touches every peer alike instead of one.
-- Each peer runs `repetitions` times (after `warmup` untimed calls); a peer's figure is the median of its
-  repetitions, printed with the min-max range.
+- Each peer runs `repetitions` times (after `warmup` untimed calls); a peer's figure is the median
+  of its repetitions, printed with the min-max range.
 - Each repetition records wall seconds and the CPU seconds of the process that did the work
-  (`time.process_time` in this process, or as reported by a peer's own subprocess). Under load a peer
-  whose threads spin burns CPU without progress; CPU seconds per unit of work show it.
-- Around each timed call the harness reads /proc: load average and runnable tasks (/proc/loadavg), all
-  CPUs' busy time (/proc/stat: user + nice + system + irq + softirq + steal) and the CPU time of this
-  process and every descendant (utime + stime + cutime + cstime from /proc/<pid>/stat). Busy time not
-  ours is what other processes used:
+  (`time.process_time` in this process, or as reported by a peer's own subprocess). Under load a
+  peer whose threads spin burns CPU without progress; CPU seconds per unit of work show it.
+- Around each timed call the harness reads /proc: load average and runnable tasks (/proc/loadavg),
+  all CPUs' busy time (/proc/stat: user + nice + system + irq + softirq + steal) and the CPU time of
+  this process and every descendant (utime + stime + cutime + cstime from /proc/<pid>/stat). Busy
+  time not ours is what other processes used:
 
       other_cores = (busy_ticks_delta - own_ticks_delta) / CLK_TCK / wall_seconds
 
@@ -21,8 +21,8 @@ Every benchmark in this directory measures its peers through `run_interleaved`:
   printed under a "NOT A RESULT: machine under load" line and the benchmark exits non-zero unless
   --allow-load.
 
-Ratios are ours / peer of median throughput (units of work per second), for wall time and for CPU time:
-above 1 ours is faster (wall) or does the work in less CPU (cpu).
+Ratios are ours / peer of median throughput (units of work per second), for wall time and for CPU
+time: above 1 ours is faster (wall) or does the work in less CPU (cpu).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ class Sample:
 
   wall, cpu: seconds (cpu = CPU time of the process that did the work, all its threads).
   units: work done (e.g. tokens decoded); throughput = units / wall.
-  info: JSON-able extras written to the results file. output: what the peer produced (e.g. token ids),
-  for correctness checks; never written.
+  info: JSON-able extras written to the results file.
+  output: what the peer produced (e.g. token ids), for correctness checks; never written.
   """
 
   wall: float
@@ -61,25 +61,25 @@ class Sample:
   output: Any = None
 
   def minus(self, other: "Sample", units: float) -> "Sample":
-    """self - other in wall and cpu (e.g. a long run minus a short one to drop a fixed prefix such as
-    prefill); keeps self's output."""
+    """self - other in wall and cpu (e.g. a long run minus a short one, to drop a fixed prefix
+    such as prefill); keeps self's output."""
     return Sample(self.wall - other.wall, self.cpu - other.cpu, units, dict(self.info), self.output)
 
 
 def measure(fn: Callable[[], Any], units: float = 1.0) -> Sample:
-  """Runs fn() in this process: wall (perf_counter) and this process's CPU (process_time) around it."""
+  """Runs fn() in this process: wall (perf_counter) and this process's CPU (process_time)."""
   cpu0, wall0 = time.process_time(), time.perf_counter()
   out = fn()
   return Sample(time.perf_counter() - wall0, time.process_time() - cpu0, units, output=out)
 
 
-# ------------------------------------------------------------------------------------- machine state
+# ------------------------------------------------------------------------------------ machine state
 
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-  """The machine at one instant. busy_ticks: every CPU's busy time; own_ticks: this process tree's CPU
-  time, both in CLOCK_TICKS per second (None where /proc cannot be read)."""
+  """The machine at one instant. busy_ticks: every CPU's busy time; own_ticks: this process tree's
+  CPU time, both in CLOCK_TICKS per second (None where /proc cannot be read)."""
 
   time: float
   busy_ticks: Optional[int]
@@ -99,8 +99,8 @@ def _stat_fields(pid: str) -> Optional[list[str]]:
 
 
 def own_tree_ticks(root: int) -> int:
-  """CPU ticks of `root` and all its live descendants, including their reaped children (cutime, cstime),
-  so a subprocess that ran and exited still counts as ours."""
+  """CPU ticks of `root` and all its live descendants, including their reaped children (cutime,
+  cstime), so a subprocess that ran and exited still counts as ours."""
   parents, times = {}, {}
   for pid in os.listdir("/proc"):
     if not pid.isdigit():
@@ -122,8 +122,8 @@ def own_tree_ticks(root: int) -> int:
 
 
 def busy_ticks() -> int:
-  """All CPUs' busy ticks from /proc/stat: user nice system irq softirq steal (guest time is already in
-  user; iowait and idle are not busy)."""
+  """All CPUs' busy ticks from /proc/stat: user nice system irq softirq steal (guest time is
+  already in user; iowait and idle are not busy)."""
   with open("/proc/stat") as f:
     fields = [int(x) for x in f.readline().split()[1:]]
   user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
@@ -173,14 +173,14 @@ class Window:
       own = other = None
     else:
       own = (b.own_ticks - a.own_ticks) / CLOCK_TICKS
-      # /proc/stat and per-process times are sampled in whole ticks, so a short window can come out a
-      # tick or two off: clamp to [0, the machine's cores].
+      # /proc/stat and per-process times are sampled in whole ticks, so a short window can come
+      # out a tick or two off: clamp to [0, the machine's cores].
       other = max(0.0, (b.busy_ticks - a.busy_ticks) / CLOCK_TICKS - own) / wall
       other = min(other, float(os.cpu_count() or 1))
     return cls(peer, repetition, wall, own, other, a.loadavg, b.loadavg, a.runnable, b.runnable)
 
 
-# ---------------------------------------------------------------------------------------------- a run
+# -------------------------------------------------------------------------------------------- a run
 
 
 def _spread(values: Sequence[float]) -> dict:
@@ -307,7 +307,7 @@ def run_interleaved(
   return Run(title, names, samples, windows, order, load_threshold)
 
 
-# ------------------------------------------------------------------------------------------ reporting
+# ---------------------------------------------------------------------------------------- reporting
 
 
 def _fmt(spread: dict, scale: float = 1.0, digits: int = 3) -> str:
@@ -381,7 +381,7 @@ def _git(*args: str) -> str:
 
 
 def record(benchmark: str, runs: Sequence[Run], extra: Optional[dict] = None) -> dict:
-  """A JSON-able record: command line, commit (and files changed in the tree), date, machine, runs."""
+  """A JSON-able record: command line, commit (and changed files), date, machine, runs."""
   return {
       "benchmark": benchmark,
       "argv": [sys.executable] + sys.argv,
@@ -400,8 +400,8 @@ def record(benchmark: str, runs: Sequence[Run], extra: Optional[dict] = None) ->
 def finish(
     benchmark: str, runs: Sequence[Run], args: argparse.Namespace, extra: Optional[dict] = None
 ) -> int:
-  """Prints the verdict over all runs, appends the record to --results, returns the exit code: 1 if any
-  run was LOADED (0 with --allow-load), else 0."""
+  """Prints the verdict over all runs, appends the record to --results, returns the exit code: 1 if
+  any run was LOADED (0 with --allow-load), else 0."""
   rec = record(benchmark, runs, extra)
   if args.results:
     with open(args.results, "a") as f:

@@ -1,11 +1,11 @@
-"""Tunix's virtual environment (built on demand, outside the project's install) and its worker process.
+"""Tunix's virtual environment (built on demand, outside the project's install) and its worker.
 
-google-tunix 0.1.7 caps transformers at 5.12.1 (through safetensors < 0.8) and runs on jax 0.10.2, so it
-cannot share the project's environment. `ensure_venv` builds one under
-~/.cache/biomni_jax/tunix-venv (or $BIOMNI_TUNIX_VENV) with the pins below, once; a marker file holding
-the pins says it is complete. `TunixWorker` runs benchmarks/tunix_peer.py in it and turns its replies
-into harness samples. Anything that fails raises `TunixUnavailable` with the reason, so a benchmark can
-print "Tunix: unavailable (<reason>)" and go on without it.
+google-tunix 0.1.7 caps transformers at 5.12.1 (through safetensors < 0.8) and runs on jax 0.10.2,
+so it cannot share the project's environment. `ensure_venv` builds one under
+~/.cache/biomni_jax/tunix-venv (or $BIOMNI_TUNIX_VENV) with the pins below, once; a marker file
+holding the pins says it is complete. `TunixWorker` runs benchmarks/tunix_peer.py in it and turns
+its replies into harness samples. Anything that fails raises `TunixUnavailable` with the reason, so
+a benchmark can print "Tunix: unavailable (<reason>)" and go on without it.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class TunixWorker:
     self.versions = reply.get("versions", {})
 
   def decode_sample(self, units: float) -> Sample:
-    """time(prompt + N new tokens) - time(prompt + 1), wall and the worker's CPU; output = the N ids."""
+    """time(prompt + N new tokens) - time(prompt + 1), wall and the worker's CPU; output: N ids."""
     reply = self._call({"cmd": "run"})
     long, short = reply["long"], reply["short"]
     return Sample(

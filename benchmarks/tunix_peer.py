@@ -1,12 +1,12 @@
 """Tunix's sampler as a benchmark peer: a worker that runs in Tunix's own virtual environment.
 
-    <tunix venv>/bin/python benchmarks/tunix_peer.py     # driven by benchmarks/tunix_env.py, not by hand
+    <tunix venv>/bin/python benchmarks/tunix_peer.py    # driven by benchmarks/tunix_env.py
 
-It imports neither biomni_jax nor torch (google-tunix 0.1.7 pins its own transformers and jax). Protocol:
-one JSON object per line on stdin, one JSON reply per line on stdout (logs go to stderr):
+It imports neither biomni_jax nor torch (google-tunix 0.1.7 pins its own transformers and jax).
+Protocol: one JSON object per line on stdin, one JSON reply per line on stdout (logs go to stderr):
 
   {"cmd": "setup", "checkpoint": DIR, "prompts": [[id, ...], ...], "new_tokens": N}
-      loads DIR (config.json + model.safetensors as biomni_jax.model.hf_io.save_hf_checkpoint writes it)
+      loads DIR (config.json + model.safetensors, as biomni_jax's hf_io.save_hf_checkpoint writes)
       into tunix.models.qwen3 (float32), builds a tunix.generate.sampler.Sampler with a KV cache of
       prompt + N positions, and compiles both shapes timed below by running each once.
       -> {"ok": true, "versions": {...}}
@@ -16,8 +16,8 @@ one JSON object per line on stdin, one JSON reply per line on stdout (logs go to
       -> {"ok": true, "long": {"wall", "cpu"}, "short": {"wall", "cpu"}, "ids": [[N ids], ...]}
   Any failure -> {"ok": false, "error": "..."}.
 
-Token ids are fed through a tokenizer that maps the string "12 7 99" to [12, 7, 99] and back. Its pad
-and end-of-sequence ids are vocab_size (never a prompt id and never sampled, since logits cover
+Token ids are fed through a tokenizer that maps the string "12 7 99" to [12, 7, 99] and back. Its
+pad and end-of-sequence ids are vocab_size (never a prompt id and never sampled, since logits cover
 [0, vocab_size)), so no position is masked as padding and generation never stops early.
 """
 
@@ -33,7 +33,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 class IdTokenizer:
-  """encode/decode between space-separated decimal ids and lists of ids (Tunix's tokenizer protocol)."""
+  """encode/decode between space-separated decimal ids and lists of ids (Tunix's tokenizer API)."""
 
   def __init__(self, vocab_size: int):
     self.vocab_size = vocab_size
@@ -55,7 +55,7 @@ class IdTokenizer:
 
 
 def tunix_config(hf: dict):
-  """tunix.models.qwen3 ModelConfig from a Qwen3 config.json; refuses what Tunix 0.1.7 cannot run."""
+  """Tunix's Qwen3 ModelConfig of a Qwen3 config.json; refuses what Tunix 0.1.7 cannot run."""
   from tunix.models.qwen3 import model as qwen3
 
   # Tunix 0.1.7 applies RoPE with its default theta (1e6) whatever the config says.

@@ -1,4 +1,4 @@
-"""benchmarks/harness.py: interleaving, medians, CPU time, and the load flag (real /proc and scripted)."""
+"""benchmarks/harness.py: interleaving, medians, CPU time, the load flag (real /proc, scripted)."""
 
 import argparse
 import json
