@@ -44,8 +44,12 @@ setup(
     version="0.1.0",
     description="JAX training of biomedical research agents: SFT + multi-turn RL (Biomni-R0 recipe)",
     packages=find_packages(include=["biomni_jax", "biomni_jax.*"]),
-    # The 50 real Eval1 rows (biomni_jax/env/data/README.md), found by biomni_jax.env.eval1.sample_path().
-    package_data={"biomni_jax.env": ["data/*.jsonl", "data/README.md"]},
+    # The 50 real Eval1 rows (biomni_jax/env/data/README.md), found by biomni_jax.env.eval1.sample_path();
+    # the demo's base model (Hugging Face files + tokenizer), found by train/base_model.DEMO_BASE.
+    package_data={
+        "biomni_jax.env": ["data/*.jsonl", "data/README.md"],
+        "biomni_jax": ["assets/demo_base/*"],
+    },
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
