@@ -33,11 +33,6 @@ def visible_text(text: str, stops: tuple, include_stop: bool) -> tuple[str, Opti
   return text[: index + len(stop) if include_stop else index], stop
 
 
-def _history(session) -> list:
-  """The token history of an `Engine` session or of an `EngineGroup` replica's session."""
-  return getattr(session, "inner", session).history
-
-
 class ChatService:
   """Turns validated requests into engine requests (`engine`: an Engine or EngineGroup) and responses."""
 
@@ -178,7 +173,7 @@ class ChatService:
             text, _ = self._text(completions[i].token_ids, request)
             safe = len(text)
           else:  # the engine thread appends to the history; a slice is an atomic copy
-            text, stop = self._text(_history(session)[len(prompt) :], request)
+            text, stop = self._text(session.history[len(prompt) :], request)
             safe = len(text) if stop is not None else len(text) - hold
             while safe > sent[i] and text[safe - 1] == "\ufffd":
               safe -= 1

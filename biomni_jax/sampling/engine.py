@@ -29,6 +29,7 @@ re-prefill. The thread itself never exits until `shutdown`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import itertools
 import logging
@@ -607,7 +608,11 @@ class Engine:
         self._fail(r, exc)
 
   def _accept(self, req: _Request, token: int, logprob: float) -> None:
-    """Records a sampled token and finishes the request when a limit or stop fires."""
+    """Records a sampled token and finishes the request when a limit or stop fires; a request whose
+    caller cancelled its future (a client that went away) stops here, its turn undone."""
+    if req.future.cancelled():
+      self._fail(req, concurrent.futures.CancelledError(), count=False)
+      return
     s, p = req.session, req.params
     s.history.append(token)
     req.tokens.append(token)

@@ -30,6 +30,11 @@ class ReplicaSession:
   def id(self) -> int:
     return self.inner.id
 
+  @property
+  def history(self) -> list:
+    """Every token id fed or sampled so far (read-only; see engine.Session)."""
+    return self.inner.history
+
 
 class EngineGroup:
   """`Engine`'s public interface over several engines; num_slots is per replica."""

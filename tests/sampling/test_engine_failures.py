@@ -1,6 +1,7 @@
 """Limits and failures end requests cleanly; the engine thread keeps serving."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -111,3 +112,21 @@ def test_asyncio_wrapper_runs_concurrent_turns(engine):
   assert [len(r) for r in results] == [8, 8, 8]
   sync = engine.generate(random_ids(8, seed=71), GREEDY).result(TIMEOUT)
   assert results[1][:4] == sync.token_ids
+
+
+def test_a_cancelled_request_stops_decoding_and_its_turn_is_undone(engine):
+  session = engine.open_session()
+  prompt = random_ids(8, seed=45)
+  running = engine.submit(session, prompt, SamplingParams(temperature=0, max_new_tokens=200))
+  deadline = time.monotonic() + TIMEOUT
+  while len(session.history) < len(prompt) + 3 and time.monotonic() < deadline:
+    time.sleep(0.01)  # decoding has begun
+  assert running.cancel()
+  while session.busy and time.monotonic() < deadline:
+    time.sleep(0.01)
+  # Retired at its next token; the whole turn (its prompt too) is undone, as for a failed request.
+  assert not session.busy and session.history == []
+  greedy = SamplingParams(temperature=0, max_new_tokens=4)
+  again = engine.submit(session, prompt, greedy).result(TIMEOUT)
+  assert len(again.token_ids) == 4
+  engine.close_session(session)
