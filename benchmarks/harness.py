@@ -42,6 +42,7 @@ from typing import Any, Callable, Optional, Sequence
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 DEFAULT_LOAD_THRESHOLD = 0.10  # cores used by other processes, averaged over a peer's timed calls
 NOT_A_RESULT = "NOT A RESULT: machine under load"
+_TINY = 1e-9  # seconds: the floor under a sample's time when dividing by it
 
 
 @dataclasses.dataclass
@@ -206,11 +207,11 @@ class Run:
 
   def throughput(self, peer: str) -> dict:
     """units per wall second."""
-    return _spread([s.units / s.wall for s in self.samples[peer]])
+    return _spread([s.units / max(s.wall, _TINY) for s in self.samples[peer]])
 
   def cpu_throughput(self, peer: str) -> dict:
     """units per CPU second."""
-    return _spread([s.units / max(s.cpu, 1e-9) for s in self.samples[peer]])
+    return _spread([s.units / max(s.cpu, _TINY) for s in self.samples[peer]])
 
   def other_cores(self, peer: Optional[str] = None) -> Optional[float]:
     """Other processes' CPU in cores, averaged over the timed calls (of `peer`, or of all); None if
@@ -329,6 +330,13 @@ def format_run(run: Run, unit: str = "unit", ours: Optional[str] = None) -> str:
         f"cpu/{unit} {cpu_per_unit * 1e3:.2f} ms ({units:g} {unit})   "
         f"other procs {'?' if other is None else f'{other:.2f}'} cores"
     )
+  for p in run.peers:
+    bad = sum(s.wall <= 0 or s.cpu <= 0 for s in run.samples[p])
+    if bad:  # a difference of two timings (e.g. N tokens minus 1) smaller than their noise
+      lines.append(
+          f"  warning: {p}: {bad} sample(s) with wall or CPU <= 0; the measured work is too short "
+          "for the timer's noise (give it more work)"
+      )
   loads = [w.loadavg_before[0] for w in run.windows] + [w.loadavg_after[0] for w in run.windows]
   runnable = [w.runnable_before for w in run.windows] + [w.runnable_after for w in run.windows]
   other = run.other_cores()

@@ -72,6 +72,15 @@ def test_interleaved_order_medians_and_ratios():
   assert harness.NOT_A_RESULT not in text
 
 
+def test_non_positive_difference_is_flagged_not_divided_by():
+  calls = []
+  name, fn = scripted_peer("a", [1.0, 0.5, 2.0, 0.0], calls, cpu_scale=1.0)
+  tick = harness.CLOCK_TICKS
+  run = harness.run_interleaved("diff", [(name, fn)], 3, probe=ScriptedProbe([(tick, tick)] * 3))
+  assert run.throughput("a")["median"] == pytest.approx(20.0)  # of 10 / 0.5, 10 / 2, 10 / ~0
+  assert "a: 1 sample(s) with wall or CPU <= 0" in harness.format_run(run)
+
+
 def test_load_flag_from_other_processes_ticks():
   tick = harness.CLOCK_TICKS
   own = tick  # our process tree used one core-second per 1 s call
