@@ -286,7 +286,7 @@ def compile_sft_step(
 
 
 def compile_config(cfg, topology: str) -> AotReport:
-  from biomni_jax.train.optimizer import make_optimizer
+  from biomni_jax.train.run_setup import structure_optimizer
 
   devices = tpu_devices(topology)
   mesh = make_mesh(**mesh_shape(cfg), devices=devices)
@@ -298,12 +298,8 @@ def compile_config(cfg, topology: str) -> AotReport:
         f"seq_len {seq_len} exceeds the model's max_position_embeddings "
         f"{model_config.max_position_embeddings}"
     )
-  opt_cfg = cfg.optimizer.copy_and_resolve_references()
-  if (
-      opt_cfg.get("total_steps", 0) == 0
-  ):  # "the run's length" is unknown here; the schedule's shape is irrelevant
-    opt_cfg.total_steps = int(opt_cfg.get("warmup_steps", 0)) + 1000
-  optimizer = make_optimizer(opt_cfg)
+  # The run's length is unknown here and the schedule's shape irrelevant: only the state's layout.
+  optimizer = structure_optimizer(dict(cfg.optimizer.copy_and_resolve_references()))
   start = time.time()
   if cfg.mode == "rl":
     compiled = compile_rl_step(cfg, model_config, optimizer, sharding, seq_len, batch)

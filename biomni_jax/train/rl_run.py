@@ -26,11 +26,10 @@ from biomni_jax import distributed
 from biomni_jax import model as M
 from biomni_jax.config_utils import ConfigError, field
 from biomni_jax.sharding import ShardingRules
+from biomni_jax.train import run_setup
 from biomni_jax.train.checkpoint import Checkpointer
 from biomni_jax.train.metrics import MetricsWriter
 from biomni_jax.train.rl import RLRun, RLSettings, RLTrainer, run_rl_loop
-
-CHECKPOINT_DIR = "checkpoints"
 
 
 def task_stream(tasks: Sequence[Any], epochs: int, seed: int) -> Iterator[Any]:
@@ -49,15 +48,6 @@ def host_share(stream: Iterator[Any], index: int, count: int) -> Iterator[Any]:
   return itertools.islice(stream, index, None, count)
 
 
-def write_config(config, workdir: str) -> None:
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(
-        config.to_json(indent=1)
-        if hasattr(config, "to_json")
-        else json.dumps(dict(config), indent=1)
-    )
-
-
 # --------------------------------------------------------------------------------------------- assembly
 
 PoolFactory = Callable[..., Any]
@@ -72,11 +62,9 @@ def load_sft_run(sft_workdir: str, sharding: ShardingRules):
   import ml_collections
   from biomni_jax.config_utils import model_config
   from biomni_jax.data.tokenizer import load_tokenizer
-  from biomni_jax.train.optimizer import make_optimizer
-  from biomni_jax.train.sft import CHECKPOINT_DIR as SFT_CHECKPOINTS, TOKENIZER_DIR
   from biomni_jax.train.step import abstract_train_state
 
-  config_path = os.path.join(sft_workdir, "config.json")
+  config_path = os.path.join(sft_workdir, run_setup.CONFIG_FILE)
   if not os.path.isfile(config_path):
     raise ConfigError(
         f"config field 'rl.init_from_sft': {sft_workdir!r} has no config.json (expected an SFT "
@@ -84,21 +72,18 @@ def load_sft_run(sft_workdir: str, sharding: ShardingRules):
     )
   with open(config_path) as f:
     sft_config = ml_collections.ConfigDict(json.load(f))
-  has_own_tokenizer = bool(field(sft_config, "tokenizer.path", str, default=""))
+  has_own_tokenizer = run_setup.has_own_tokenizer(sft_config)
   tokenizer = load_tokenizer(
-      sft_config.tokenizer.path if has_own_tokenizer else os.path.join(sft_workdir, TOKENIZER_DIR)
+      sft_config.tokenizer.path
+      if has_own_tokenizer
+      else os.path.join(sft_workdir, run_setup.TOKENIZER_DIR)
   )
   model_cfg = model_config(sft_config, vocab_size=None if has_own_tokenizer else len(tokenizer))
-  opt_cfg = dict(sft_config.optimizer)
-  opt_cfg["total_steps"] = max(
-      int(opt_cfg.get("total_steps") or 0), int(opt_cfg.get("warmup_steps") or 0) + 1
-  )
-  optimizer = make_optimizer(opt_cfg)
-  with Checkpointer(os.path.join(sft_workdir, SFT_CHECKPOINTS), async_save=False) as ckpt:
+  optimizer = run_setup.structure_optimizer(dict(sft_config.optimizer))
+  checkpoints = os.path.join(sft_workdir, run_setup.CHECKPOINT_DIR)
+  with Checkpointer(checkpoints, async_save=False) as ckpt:
     if ckpt.latest_step() is None:
-      raise ConfigError(
-          f"config field 'rl.init_from_sft': no checkpoint under {sft_workdir}/{SFT_CHECKPOINTS}"
-      )
+      raise ConfigError(f"config field 'rl.init_from_sft': no checkpoint under {checkpoints}")
     state, _ = ckpt.restore(abstract_train_state(model_cfg, optimizer, sharding))
   return model_cfg, state.params, tokenizer, sft_config
 
@@ -172,29 +157,18 @@ def train_rl(config, workdir: str, *, pool_factory: Optional[PoolFactory] = None
   pool_factory(engine=AsyncEngine, tokenizer=, tasks=Iterator[TaskInstance], config=, settings=) -> a pool
   with start/stop, restore_consumed and the GroupSource methods; default: `default_pool_factory`.
   """
-  from biomni_jax.config_utils import mesh_shape, model_config
   from biomni_jax.sampling import AsyncEngine, make_engine, publish_to
   from biomni_jax.sampling.layout import layout_from_config
-  from biomni_jax.sharding import make_mesh
-  from biomni_jax.train.optimizer import make_optimizer, make_schedule
-  from biomni_jax.train.sft import _initial_params, prepare_tokenizer
-  from biomni_jax.train.step import abstract_train_state, init_train_state
 
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = run_setup.run_workdir(workdir)
   s = RLSettings.from_config(config)
   seed = field(config, "seed", int, default=0)
-  sharding = ShardingRules(make_mesh(**mesh_shape(config)))
+  sharding = run_setup.run_sharding(config)
   sft_dir = field(config, "rl.init_from_sft", str, default="")
   if sft_dir:
     model_cfg, init_params, tokenizer, _ = load_sft_run(sft_dir, sharding)
-  else:
-    tokenizer = prepare_tokenizer(config, workdir, [])
-    has_own = bool(field(config, "tokenizer.path", str, default=""))
-    model_cfg = model_config(config, vocab_size=None if has_own else len(tokenizer))
-    model_cfg, init_params = _initial_params(
-        config, model_cfg, sharding
-    )  # model.init_from: a HF directory
+  else:  # the config's own model (model.init_from: a Hugging Face directory, or a random init)
+    tokenizer, model_cfg, init_params = run_setup.model_and_tokenizer(config, workdir, sharding)
 
   hosts, host = distributed.process_count(), distributed.process_index()
   if s.num_groups % hosts:
@@ -215,39 +189,26 @@ def train_rl(config, workdir: str, *, pool_factory: Optional[PoolFactory] = None
         f"{total_steps * s.num_groups} task instances, but 'rl.epochs' x tasks = {epochs} x "
         f"{len(tasks)}: raise rl.epochs or rl.tasks_per_family, or lower rl.num_steps"
     )
-  opt_cfg = dict(field(config, "optimizer"))
-  opt_cfg["total_steps"] = opt_cfg.get("total_steps") or total_steps * s.num_minibatches
-  try:
-    optimizer, schedule = make_optimizer(opt_cfg), make_schedule(opt_cfg)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  optimizer, schedule = run_setup.run_optimizer(config, total_steps * s.num_minibatches)
   try:
     trainer = RLTrainer(model_cfg, s, optimizer, sharding, learning_rate_fn=schedule, seed=seed)
   except ValueError as e:
     raise ConfigError(f"config field 'mesh': {e}") from None
 
-  ckpt = Checkpointer(
-      os.path.join(workdir, CHECKPOINT_DIR),
-      max_to_keep=s.keep_checkpoints,
-      async_save=field(config, "rl.async_checkpoint", bool, default=True),
+  ckpt = run_setup.open_checkpointer(
+      workdir, s.keep_checkpoints, field(config, "rl.async_checkpoint", bool, default=True)
   )
-  start_step, consumed = ckpt.latest_step(), []
-  if start_step is None:
-    state, start_step = (
-        init_train_state(model_cfg, optimizer, seed, sharding, params=init_params),
-        0,
+  state, start_step, extra = run_setup.start_or_resume(
+      ckpt, model_cfg, optimizer, seed, sharding, init_params
+  )
+  consumed = consumed_task_ids(extra)
+  if start_step and int(extra.get("version", start_step)) != start_step:
+    raise ValueError(
+        f"{ckpt.directory}/{start_step}: extra version {extra.get('version')} differs from the step"
     )
-  else:
-    state, extra = ckpt.restore(abstract_train_state(model_cfg, optimizer, sharding))
-    consumed = consumed_task_ids(extra)
-    if int(extra.get("version", start_step)) != start_step:
-      raise ValueError(
-          f"{ckpt.directory}/{start_step}: extra version {extra.get('version')} differs from "
-          f"the step"
-      )
   del init_params
   if host == 0:
-    write_config(config, workdir)
+    run_setup.write_config(config, workdir)
 
   engine = make_engine(
       model_cfg,

@@ -16,8 +16,8 @@ an interrupted run (even by SIGKILL) ends with the same losses and parameters as
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import os
 import time
 from typing import Any, Optional, Sequence
@@ -28,29 +28,30 @@ import numpy as np
 from tqdm import tqdm
 
 from biomni_jax import model as M
-from biomni_jax.config_utils import ConfigError, field, mesh_shape, model_config
+from biomni_jax.config_utils import ConfigError, field
 from biomni_jax.data.chat import ChatRenderer
 from biomni_jax.data.documents import document_examples, read_documents
-from biomni_jax.data.packing import add_next_token_targets, pack_examples, unpacked_examples
-from biomni_jax.data.tokenizer import default_corpus, load_tokenizer, train_embedded_tokenizer
+from biomni_jax.data.packing import (
+    OVERLONG_POLICIES,
+    add_next_token_targets,
+    pack_examples,
+    unpacked_examples,
+)
+from biomni_jax.data.tokenizer import default_corpus
 from biomni_jax.data.trajectory import Trajectory, read_jsonl
 from biomni_jax.model.config import ModelConfig
-from biomni_jax.sharding import ShardingRules, make_mesh
-from biomni_jax.train import losses
-from biomni_jax.train.checkpoint import Checkpointer
+from biomni_jax.sharding import ShardingRules
+from biomni_jax.train import aggregation as aggregation_lib
+from biomni_jax.train import losses, run_setup
 from biomni_jax.train.data_iter import BatchIterator
 from biomni_jax.train.metrics import MetricsWriter
-from biomni_jax.train.optimizer import make_optimizer, make_schedule
-from biomni_jax.train.step import (
-    BATCH_AXES,
-    abstract_train_state,
-    init_train_state,
-    make_train_step,
-)
+from biomni_jax.train.step import BATCH_AXES, make_train_step
+
+# The run layout is run_setup's; the pipeline and the base-model trainer read an SFT run's
+# tokenizer directory by this name.
+TOKENIZER_DIR = run_setup.TOKENIZER_DIR
 
 ROW_FIELDS = ("tokens", "targets", "target_mask", "segment_ids", "positions")
-TOKENIZER_DIR = "tokenizer"
-CHECKPOINT_DIR = "checkpoints"
 
 
 # ----------------------------------------------------------------------------------------------- the loss
@@ -166,20 +167,6 @@ def tokenizer_corpus(data: Sequence[Trajectory | str]) -> list[str]:
   ]
 
 
-def prepare_tokenizer(config, workdir: str, trajectories: Sequence[Trajectory | str]):
-  """`tokenizer.path` if set; else the run's embedded tokenizer (trained once into workdir/tokenizer)."""
-  path = field(config, "tokenizer.path", str, default="")
-  if path:
-    if not os.path.isdir(path):
-      raise ConfigError(f"config field 'tokenizer.path': {path!r} is not a tokenizer directory")
-    return load_tokenizer(path)
-  out = os.path.join(workdir, TOKENIZER_DIR)
-  if os.path.exists(os.path.join(out, "tokenizer.json")):
-    return load_tokenizer(out)
-  vocab_size = field(config, "tokenizer.vocab_size", int, minimum=512)
-  return train_embedded_tokenizer(tokenizer_corpus(trajectories), vocab_size, out)
-
-
 def build_rows(
     trajectories: Sequence[Trajectory | str],
     tokenizer,
@@ -241,55 +228,70 @@ def evaluate_loss(
 # ----------------------------------------------------------------------------------------------- the loop
 
 
-def _sft_settings(config) -> dict[str, Any]:
-  s = dict(
-      batch_size=field(config, "sft.batch_size", int, minimum=1),
-      micro_batches=field(config, "sft.micro_batches", int, minimum=1, default=1),
-      seq_len=field(config, "sft.seq_len", int, minimum=2),
-      pack=field(config, "sft.pack", bool, default=True),
-      overlong=field(
-          config, "sft.overlong", str, default="truncate", choices=("truncate", "drop", "error")
-      ),
-      num_epochs=field(config, "sft.num_epochs", (int, float), minimum=0, default=1),
-      num_steps=field(config, "sft.num_steps", int, minimum=0, default=0),
-      aggregation=field(config, "sft.loss_aggregation", str, default="token-mean"),
-      log_every=field(config, "sft.log_every", int, minimum=1, default=1),
-      eval_every=field(config, "sft.eval_every", int, minimum=0, default=0),
-      save_every=field(config, "sft.save_every", int, minimum=0, default=0),
-      keep_checkpoints=field(config, "sft.keep_checkpoints", int, minimum=1, default=3),
-      async_checkpoint=field(config, "sft.async_checkpoint", bool, default=True),
-      shuffle=field(config, "sft.shuffle", bool, default=True),
-      tensorboard=field(config, "sft.tensorboard", bool, default=True),
-      progress_bar=field(config, "sft.progress_bar", bool, default=True),
-      pause_after_checkpoint_s=field(
-          config, "sft.fault_injection_pause_s", (int, float), minimum=0, default=0.0
-      ),
-  )
-  if s["batch_size"] % s["micro_batches"]:
-    raise ConfigError(
-        f"config field 'sft.micro_batches': {s['micro_batches']} does not divide "
-        f"sft.batch_size={s['batch_size']}"
+@dataclasses.dataclass(frozen=True)
+class SFTSettings:
+  """The `sft` config section. batch_size rows of seq_len tokens per optimizer step, in
+  micro_batches accumulated parts; num_steps (or, when 0, num_epochs over the rows) steps."""
+
+  batch_size: int
+  micro_batches: int
+  seq_len: int
+  pack: bool
+  overlong: str
+  num_epochs: float
+  num_steps: int
+  aggregation: str
+  log_every: int
+  eval_every: int
+  save_every: int
+  keep_checkpoints: int
+  async_checkpoint: bool
+  shuffle: bool
+  tensorboard: bool
+  progress_bar: bool
+  pause_after_checkpoint_s: float  # fault-injection tests: sleep after each checkpoint
+
+  @classmethod
+  def from_config(cls, config) -> "SFTSettings":
+    s = cls(
+        batch_size=field(config, "sft.batch_size", int, minimum=1),
+        micro_batches=field(config, "sft.micro_batches", int, minimum=1, default=1),
+        seq_len=field(config, "sft.seq_len", int, minimum=2),
+        pack=field(config, "sft.pack", bool, default=True),
+        overlong=field(config, "sft.overlong", str, default="truncate", choices=OVERLONG_POLICIES),
+        num_epochs=field(config, "sft.num_epochs", (int, float), minimum=0, default=1),
+        num_steps=field(config, "sft.num_steps", int, minimum=0, default=0),
+        aggregation=field(
+            config,
+            "sft.loss_aggregation",
+            str,
+            default="token-mean",
+            choices=tuple(aggregation_lib.AGGREGATIONS),
+        ),
+        log_every=field(config, "sft.log_every", int, minimum=1, default=1),
+        eval_every=field(config, "sft.eval_every", int, minimum=0, default=0),
+        save_every=field(config, "sft.save_every", int, minimum=0, default=0),
+        keep_checkpoints=field(config, "sft.keep_checkpoints", int, minimum=1, default=3),
+        async_checkpoint=field(config, "sft.async_checkpoint", bool, default=True),
+        shuffle=field(config, "sft.shuffle", bool, default=True),
+        tensorboard=field(config, "sft.tensorboard", bool, default=True),
+        progress_bar=field(config, "sft.progress_bar", bool, default=True),
+        pause_after_checkpoint_s=field(
+            config, "sft.fault_injection_pause_s", (int, float), minimum=0, default=0.0
+        ),
     )
-  return s
-
-
-def _initial_params(config, model_cfg: ModelConfig, sharding: ShardingRules):
-  path = field(config, "model.init_from", str, default="")
-  if not path:
-    return model_cfg, None
-  from biomni_jax.model.hf_io import load_hf_checkpoint
-
-  loaded_cfg, params = load_hf_checkpoint(
-      path, sharding=sharding, **dict(field(config, "model.overrides", default={}) or {})
-  )
-  return loaded_cfg, params
+    if s.batch_size % s.micro_batches:
+      raise ConfigError(
+          f"config field 'sft.micro_batches': {s.micro_batches} does not divide "
+          f"sft.batch_size={s.batch_size}"
+      )
+    return s
 
 
 def train_sft(config, workdir: str) -> dict[str, Any]:
   """Run (or resume) SFT as `config` says, in `workdir`. Returns a summary (steps, losses, throughput)."""
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  s = _sft_settings(config)
+  workdir = run_setup.run_workdir(workdir)
+  s = SFTSettings.from_config(config)
   seed = field(config, "seed", int, default=0)
   data_format = field(
       config, "data.format", str, default="trajectories", choices=("trajectories", "documents")
@@ -300,47 +302,35 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
       data_format,
       "data.train_path",
   )
-  tokenizer = prepare_tokenizer(config, workdir, train)
-  has_own_tokenizer = bool(field(config, "tokenizer.path", str, default=""))
-  model_cfg = model_config(config, vocab_size=None if has_own_tokenizer else len(tokenizer))
-  if len(tokenizer) > model_cfg.vocab_size:
-    raise ConfigError(
-        f"config field 'model': vocab_size={model_cfg.vocab_size} is smaller than the "
-        f"tokenizer's {len(tokenizer)} tokens"
-    )
-  sharding = ShardingRules(make_mesh(**mesh_shape(config)))
-  model_cfg, init_params = _initial_params(config, model_cfg, sharding)
+  sharding = run_setup.run_sharding(config)
+  tokenizer, model_cfg, init_params = run_setup.model_and_tokenizer(
+      config, workdir, sharding, corpus=lambda: tokenizer_corpus(train)
+  )
 
   rows = build_rows(
       train,
       tokenizer,
-      seq_len=s["seq_len"],
-      pack=s["pack"],
-      rows_multiple_of=s["batch_size"],
-      overlong=s["overlong"],
+      seq_len=s.seq_len,
+      pack=s.pack,
+      rows_multiple_of=s.batch_size,
+      overlong=s.overlong,
   )
   iterator = BatchIterator(
       rows,
-      s["batch_size"],
+      s.batch_size,
       seed=seed,
-      shuffle=s["shuffle"],
+      shuffle=s.shuffle,
       process_index=jax.process_index(),
       process_count=jax.process_count(),
   )
-  total_steps = s["num_steps"] or max(1, int(round(s["num_epochs"] * iterator.batches_per_epoch)))
-  opt_cfg = dict(field(config, "optimizer"))
-  if not opt_cfg.get("total_steps"):
-    opt_cfg["total_steps"] = total_steps
-  try:
-    optimizer, schedule = make_optimizer(opt_cfg), make_schedule(opt_cfg)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  total_steps = s.num_steps or max(1, int(round(s.num_epochs * iterator.batches_per_epoch)))
+  optimizer, schedule = run_setup.run_optimizer(config, total_steps)
   step_fn = make_train_step(
       model_cfg,
-      make_sft_loss(model_cfg, sharding, s["aggregation"], token_sum_norm=s["seq_len"]),
+      make_sft_loss(model_cfg, sharding, s.aggregation, token_sum_norm=s.seq_len),
       optimizer,
       sharding=sharding,
-      micro_batches=s["micro_batches"],
+      micro_batches=s.micro_batches,
       learning_rate_fn=schedule,
   )
 
@@ -356,39 +346,28 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
     eval_rows = build_rows(
         held_out,
         tokenizer,
-        seq_len=s["seq_len"],
-        pack=s["pack"],
-        rows_multiple_of=s["batch_size"],
-        overlong=s["overlong"],
+        seq_len=s.seq_len,
+        pack=s.pack,
+        rows_multiple_of=s.batch_size,
+        overlong=s.overlong,
     )
-    eval_step = make_eval_step(model_cfg, sharding, s["aggregation"], token_sum_norm=s["seq_len"])
+    eval_step = make_eval_step(model_cfg, sharding, s.aggregation, token_sum_norm=s.seq_len)
 
   fingerprint = rows_fingerprint(rows)
-  ckpt = Checkpointer(
-      os.path.join(workdir, CHECKPOINT_DIR),
-      max_to_keep=s["keep_checkpoints"],
-      async_save=s["async_checkpoint"],
+  ckpt = run_setup.open_checkpointer(workdir, s.keep_checkpoints, s.async_checkpoint)
+  state, start_step, extra = run_setup.start_or_resume(
+      ckpt, model_cfg, optimizer, seed, sharding, init_params
   )
-  start_step = ckpt.latest_step()
-  if start_step is None:
-    state = init_train_state(model_cfg, optimizer, seed, sharding, params=init_params)
-    start_step = 0
-  else:
-    state, extra = ckpt.restore(abstract_train_state(model_cfg, optimizer, sharding))
+  if start_step:
     if extra.get("data_fingerprint") != fingerprint:
       raise ValueError(
           f"{ckpt.directory}/{start_step}: saved by a run on other data (fingerprint "
           f"{extra.get('data_fingerprint')}, now {fingerprint}); use a new workdir"
       )
     iterator.set_state(extra["data_iterator"])
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(
-        config.to_json(indent=1)
-        if hasattr(config, "to_json")
-        else json.dumps(dict(config), indent=1)
-    )
+  run_setup.write_config(config, workdir)
 
-  writer = MetricsWriter(workdir, tensorboard=s["tensorboard"], resume_step=start_step)
+  writer = MetricsWriter(workdir, tensorboard=s.tensorboard, resume_step=start_step)
   summary: dict[str, Any] = {
       "start_step": start_step,
       "total_steps": total_steps,
@@ -397,7 +376,7 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
       "losses": {},
   }
   bar = tqdm(
-      total=total_steps, initial=start_step, disable=not s["progress_bar"], desc="sft", unit="step"
+      total=total_steps, initial=start_step, disable=not s.progress_bar, desc="sft", unit="step"
   )
   target_tokens, train_time = 0.0, 0.0
   try:
@@ -414,28 +393,28 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
       summary["losses"][step] = metrics["loss"]
       if (
           eval_step is not None
-          and s["eval_every"]
-          and (step % s["eval_every"] == 0 or step == total_steps)
+          and s.eval_every
+          and (step % s.eval_every == 0 or step == total_steps)
       ):
         metrics["eval_loss"] = evaluate_loss(
-            eval_step, state.params, eval_rows, s["batch_size"], sharding
+            eval_step, state.params, eval_rows, s.batch_size, sharding
         )
         summary["eval_loss"] = metrics["eval_loss"]
-      if step % s["log_every"] == 0 or step == total_steps or "eval_loss" in metrics:
+      if step % s.log_every == 0 or step == total_steps or "eval_loss" in metrics:
         writer.write(step, metrics)
       bar.update(1)
       bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
-      if (s["save_every"] and step % s["save_every"] == 0) or step == total_steps:
+      if (s.save_every and step % s.save_every == 0) or step == total_steps:
         ckpt.save(
             step,
             state,
             {"data_iterator": iterator.get_state(), "data_fingerprint": fingerprint},
             force=True,
         )
-        if s["pause_after_checkpoint_s"]:
+        if s.pause_after_checkpoint_s:
           ckpt.wait_until_finished()
           writer.flush()
-          time.sleep(s["pause_after_checkpoint_s"])
+          time.sleep(s.pause_after_checkpoint_s)
   finally:
     bar.close()
     writer.close()
