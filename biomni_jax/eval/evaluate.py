@@ -27,6 +27,10 @@ It writes W/eval_episodes.jsonl (every graded episode) and W/eval.json:
 (`tasks`, `average` and `episodes` in the layout of the pipeline's eval.json). An existing W/eval.json is
 never replaced: the run stops before any work, and the file is claimed with a hard link, so a result
 written meanwhile by another run is not overwritten either.
+
+On a pod (`main --distributed`) every host runs the same command on its own sampler mesh (the eval
+section's mesh_data x mesh_tensor of its devices), plays its share of the instances, and process 0
+writes the gathered table (eval/harness.py).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import dataclasses
 import json
 import os
 from typing import Any, Sequence
+
+import jax
 
 from biomni_jax.config_utils import ConfigError, field
 from biomni_jax.eval import harness, table
@@ -173,6 +179,7 @@ def _section(config) -> dict[str, Any]:
     minimum = None
     if kind in (int, float) and name not in ("step", "seed", "task_seed"):
       minimum = 1 if name in ("samples", "tasks_per_family") else 0
+      minimum = -1 if name.startswith("mesh_") else minimum  # -1: the rest of the host's devices
     values[name] = field(config, f"eval.{name}", kind, default=default, minimum=minimum)
   if values["step"] < -1:
     raise ConfigError(
@@ -307,6 +314,15 @@ def run_eval_mode(config, workdir: str) -> dict[str, Any]:
       "eval": values,
   }
   episodes_path = os.path.join(workdir, EPISODES_FILE)
+  summary_out = {
+      "system": system,
+      "model": result["model"],
+      "average": summary["average"],
+      "episodes": summary["episodes"],
+      "result": result_path,
+  }
+  if jax.process_index() != 0:  # every host played its share and holds the gathered records
+    return summary_out
   pending = f"{episodes_path}.pending{os.getpid()}"
   harness.write_records(records, pending)
   tmp = f"{result_path}.tmp{os.getpid()}"
@@ -319,10 +335,4 @@ def run_eval_mode(config, workdir: str) -> dict[str, Any]:
     raise
   os.replace(pending, episodes_path)
   print(report_text(system, summary, ks, task_order, episodes_path), flush=True)
-  return {
-      "system": system,
-      "model": result["model"],
-      "average": summary["average"],
-      "episodes": summary["episodes"],
-      "result": result_path,
-  }
+  return summary_out
