@@ -23,12 +23,13 @@ model about 0.35; rare disease diagnosis 0.67 (R0) vs 0.03 (base); GWAS variant 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 from typing import Mapping, Optional, Sequence
+
+from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -181,37 +182,48 @@ def evaluate(kind: str, name: str, path: str, args) -> str:
   return out
 
 
+def define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_multi_string(
+      "results", [], "[NAME=]eval dir | summary.json | trajectories.jsonl", flag_values=fv
+  )
+  flags.DEFINE_multi_string(
+      "checkpoint", [], "NAME=RUN_DIR: evaluate a training run", flag_values=fv
+  )
+  flags.DEFINE_multi_string(
+      "hf", [], "NAME=HF_DIR: evaluate a Hugging Face Qwen3 directory", flag_values=fv
+  )
+  flags.DEFINE_string(
+      "data", None, "Eval1 .parquet or .jsonl (needed with --checkpoint / --hf)", flag_values=fv
+  )
+  flags.DEFINE_string(
+      "out", "compare_paper_out", "where evaluations and comparison.json go", flag_values=fv
+  )
+  flags.DEFINE_integer("n_samples", 1, "episodes per instance", flag_values=fv)
+  flags.DEFINE_integer("limit_per_task", 0, "at most this many rows per task", flag_values=fv)
+  flags.DEFINE_float("temperature", 0.6, "sampling temperature", flag_values=fv)
+  flags.DEFINE_integer("max_turns", 48, "assistant replies per episode", flag_values=fv)
+  flags.DEFINE_integer("max_new_tokens", 4096, "sampled tokens per turn", flag_values=fv)
+  flags.DEFINE_integer("max_context_tokens", 49_152, "context cap per call", flag_values=fv)
+  flags.DEFINE_bool(
+      "system_prompt", False, "put the protocol's system prompt first", flag_values=fv
+  )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-  p.add_argument(
-      "--results",
-      action="append",
-      default=[],
-      help="[NAME=]eval dir | summary.json | trajectories.jsonl",
-  )
-  p.add_argument(
-      "--checkpoint", action="append", default=[], help="NAME=RUN_DIR: evaluate a training run"
-  )
-  p.add_argument(
-      "--hf",
-      action="append",
-      default=[],
-      help="NAME=HF_DIR: evaluate a Hugging Face Qwen3 directory",
-  )
-  p.add_argument("--data", help="Eval1 .parquet or .jsonl (needed with --checkpoint / --hf)")
-  p.add_argument(
-      "--out", default="compare_paper_out", help="where evaluations and comparison.json go"
-  )
-  p.add_argument("--n_samples", type=int, default=1)
-  p.add_argument("--limit_per_task", type=int, default=0)
-  p.add_argument("--temperature", type=float, default=0.6)
-  p.add_argument("--max_turns", type=int, default=48)
-  p.add_argument("--max_new_tokens", type=int, default=4096)
-  p.add_argument("--max_context_tokens", type=int, default=49_152)
-  p.add_argument(
-      "--system_prompt", action="store_true", help="put the protocol's system prompt first"
-  )
-  args = p.parse_args(argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = flags.FlagValues()
+  define_flags(args)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv):
+    print(f"{__doc__}\nflags:\n{args.get_help(include_special_flags=False)}")
+    return 0
+  try:
+    rest = args(["compare_paper.py", *argv])
+  except flags.Error as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+  if len(rest) > 1:
+    print(f"error: unexpected positional arguments {rest[1:]}", file=sys.stderr)
+    return 2
   try:
     results = list(args.results)
     to_evaluate = [("checkpoint", a) for a in args.checkpoint] + [("hf", a) for a in args.hf]

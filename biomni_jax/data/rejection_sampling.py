@@ -34,8 +34,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from absl import flags
 
-from biomni_jax.data.teachers import TeacherError, TeacherFactory
+from biomni_jax.data.task_manifest import append_row, load_finished, manifest_path, manifest_row
+from biomni_jax.data.teachers import TEACHERS, TeacherError, TeacherFactory, make_teacher_factory
 from biomni_jax.data.trajectory import Trajectory, append_jsonl
 from biomni_jax.env import eval1, protocol
 from biomni_jax.env.environment import (
@@ -46,12 +48,9 @@ from biomni_jax.env.environment import (
     score_episode,
 )
 from biomni_jax.env.episode import Episode, run_episode
-from biomni_jax.env.tasks import TaskInstance, get_family
+from biomni_jax.env.tasks import TaskInstance, family_names, get_family
 
 log = logging.getLogger(__name__)
-
-MANIFEST_SUFFIX = ".tasks.jsonl"
-
 
 # ----------------------------------------------------------------------------- the sandbox
 
@@ -211,81 +210,6 @@ def trajectory_of(
   )
 
 
-# ----------------------------------------------------------------------------- resumable storage
-
-
-def manifest_path(out_path: str | os.PathLike) -> str:
-  return os.fspath(out_path) + MANIFEST_SUFFIX
-
-
-def _read_rows(path: str) -> list[dict]:
-  """JSON rows of a jsonl file written by appending; a torn last line (a kill mid-write) is cut off."""
-  if not os.path.exists(path):
-    return []
-  with open(path, "rb") as f:
-    data = f.read()
-  lines = data.split(b"\n")
-  rows = []
-  for lineno, line in enumerate(lines, start=1):
-    if not line.strip():
-      continue
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError as e:
-      if lineno == len(lines):  # the unterminated last line
-        log.warning("%s: cutting off a torn last line (%d bytes)", path, len(line))
-        with open(path, "r+b") as f:
-          f.truncate(len(data) - len(line))
-        break
-      raise ValueError(
-          f"{path}:{lineno}: invalid JSON ({e.msg}); expected one record per line"
-      ) from None
-  return rows
-
-
-def _task_key(task: dict, where: str) -> tuple[str, str]:
-  try:
-    return (task["task_name"], task["instance_id"])
-  except (KeyError, TypeError):
-    raise ValueError(
-        f"{where}: expected a task with 'task_name' and 'instance_id', found {task!r:.200}"
-    ) from None
-
-
-def load_finished(out_path: str | os.PathLike) -> dict[tuple[str, str], dict]:
-  """Finished tasks: (task_name, instance_id) -> manifest row. Tasks kept in `out_path` but missing
-  from the manifest (a kill between the two writes) get their manifest row written now."""
-  out_path = os.fspath(out_path)
-  manifest = manifest_path(out_path)
-  finished = {_task_key(row, manifest): row for row in _read_rows(manifest)}
-  for row in _read_rows(out_path):
-    key = _task_key(row.get("task"), out_path)
-    if key not in finished:
-      finished[key] = _manifest_row(
-          key, row["task"]["split"], row["info"]["candidate_rewards"], row["reward"], True
-      )
-      _append_row(manifest, finished[key])
-  return finished
-
-
-def _manifest_row(key, split, candidate_rewards, best_reward, kept) -> dict:
-  return {
-      "task_name": key[0],
-      "instance_id": key[1],
-      "split": split,
-      "kept": bool(kept),
-      "best_reward": best_reward,
-      "candidate_rewards": list(candidate_rewards),
-  }
-
-
-def _append_row(path: str, row: dict) -> None:
-  with open(path, "a", encoding="utf-8") as f:
-    f.write(json.dumps(row, separators=(",", ":")) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
 # ----------------------------------------------------------------------------- the driver
 
 
@@ -430,14 +354,14 @@ def generate_sft_data(
       kept = best is not None and best.reward >= min_reward
       if kept:
         append_jsonl(out_path, trajectory_of(x, best, candidates, teacher_name))
-      row = _manifest_row(
+      row = manifest_row(
           key,
           x.split,
           [c.reward for c in candidates],
           best.reward if best is not None else 0.0,
           kept,
       )
-      _append_row(manifest, row)
+      append_row(manifest, row)
       finished[key] = row
       progress_rows.append(row)
       stats = _stats(progress_rows)
@@ -493,45 +417,83 @@ def generate_sft_data(
   return summary
 
 
-def main(argv: Sequence[str] | None = None) -> SamplingSummary:
-  """`python -m biomni_jax.data.rejection_sampling --out=DIR/sft.jsonl [--teacher=openai --model=NAME]`."""
-  import argparse
+# ----------------------------------------------------------------------------- the command line
 
-  from biomni_jax.data.teachers import make_teacher_factory
-  from biomni_jax.env.tasks import family_names
+PROGRAM = "python -m biomni_jax.data.rejection_sampling"
+USAGE_ERROR = 2
+HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 
-  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-  parser.add_argument("--out", required=True, help="output jsonl (the manifest goes next to it)")
-  parser.add_argument(
-      "--families", default=",".join(family_names()), help="comma-separated task families"
+
+class UsageError(ValueError):
+  """A bad command line; the message names the flag."""
+
+
+def define_flags(fv) -> None:
+  """The command's absl flags, on their own FlagValues (importing this module defines no global flag)."""
+  flags.DEFINE_string("out", None, "output jsonl (the manifest goes next to it)", flag_values=fv)
+  flags.DEFINE_list("families", family_names(), "comma-separated task families", flag_values=fv)
+  flags.DEFINE_string("split", "train", "task split", flag_values=fv)
+  flags.DEFINE_integer(
+      "n_per_family", 50, "task instances per family", lower_bound=1, flag_values=fv
   )
-  parser.add_argument("--split", default="train")
-  parser.add_argument("--n_per_family", type=int, default=50)
-  parser.add_argument("--n_samples", type=int, default=4)
-  parser.add_argument("--start", type=int, default=0)
-  parser.add_argument("--min_reward", type=float, default=2.0)
-  parser.add_argument("--max_turns", type=int, default=8)
-  parser.add_argument("--timeout_s", type=float, default=120.0)
-  parser.add_argument(
-      "--workers", type=int, default=2, help="sandbox sessions (and rollouts) at once"
+  flags.DEFINE_integer("n_samples", 4, "teacher rollouts per task", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("start", 0, "first instance index", lower_bound=0, flag_values=fv)
+  flags.DEFINE_float(
+      "min_reward", 2.0, "keep the best rollout if its reward reaches this", flag_values=fv
   )
-  parser.add_argument("--teacher", default="scripted", help="scripted | openai")
-  parser.add_argument("--mistake_rate", type=float, default=0.3, help="scripted teacher only")
-  parser.add_argument("--seed", type=int, default=0, help="scripted teacher only")
-  parser.add_argument("--model", default=None, help="openai teacher: served model name")
-  parser.add_argument("--temperature", type=float, default=0.6, help="openai teacher only")
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  if args.teacher == "scripted":
-    factory = make_teacher_factory("scripted", mistake_rate=args.mistake_rate, seed=args.seed)
-  else:
-    factory = make_teacher_factory(
-        args.teacher, model=args.model, temperature=args.temperature, max_concurrency=args.workers
+  flags.DEFINE_integer(
+      "max_turns", 8, "assistant replies per episode", lower_bound=1, flag_values=fv
+  )
+  flags.DEFINE_float("timeout_s", 120.0, "wall-time limit of one code execution", flag_values=fv)
+  flags.DEFINE_integer(
+      "workers", 2, "sandbox sessions (and rollouts) at once", lower_bound=1, flag_values=fv
+  )
+  flags.DEFINE_enum("teacher", "scripted", list(TEACHERS), "teacher kind", flag_values=fv)
+  flags.DEFINE_float("mistake_rate", 0.3, "scripted teacher only", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "scripted teacher only", flag_values=fv)
+  flags.DEFINE_string("model", None, "openai teacher: served model name", flag_values=fv)
+  flags.DEFINE_float("temperature", 0.6, "openai teacher only", flag_values=fv)
+
+
+def parse_args(argv: Sequence[str]):
+  """The parsed flags of `argv` (without the program name); UsageError names what is wrong."""
+  fv = flags.FlagValues()
+  define_flags(fv)
+  try:
+    rest = fv([PROGRAM, *argv])
+  except flags.Error as e:
+    raise UsageError(" ".join(str(e).split())) from None
+  if len(rest) > 1:
+    raise UsageError(f"unexpected positional arguments {rest[1:]}")
+  if not fv.out:
+    raise UsageError("--out is required (the output .jsonl)")
+  unknown = [f for f in fv.families if f not in family_names()]
+  if unknown or not fv.families:
+    raise UsageError(
+        f"--families: expected some of {family_names()} (comma-separated), found "
+        f"{unknown or 'none'}"
     )
-  families = [f for f in args.families.split(",") if f]
+  return fv
+
+
+def teacher_factory(args):
+  """The teacher factory the flags name (--teacher and its options)."""
+  if args.teacher == "scripted":
+    options = dict(mistake_rate=args.mistake_rate, seed=args.seed)
+  else:
+    options = dict(model=args.model, temperature=args.temperature, max_concurrency=args.workers)
+  try:
+    return make_teacher_factory(args.teacher, **options)
+  except (KeyError, ValueError) as e:
+    raise UsageError(f"--teacher={args.teacher}: {e.args[0] if e.args else e}") from None
+
+
+def run(args) -> SamplingSummary:
+  """Rejection sampling as the parsed flags say; prints and returns the summary."""
+  factory = teacher_factory(args)
   with answer_hiding_pool(args.workers, out_path=args.out) as pool:
     summary = generate_sft_data(
-        families,
+        list(args.families),
         args.split,
         args.n_per_family,
         args.n_samples,
@@ -547,5 +509,26 @@ def main(argv: Sequence[str] | None = None) -> SamplingSummary:
   return summary
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+  """`python -m biomni_jax.data.rejection_sampling --out=DIR/sft.jsonl [--teacher=openai --model=NAME]`.
+
+  A bad flag, an unknown task family or a bad teacher option ends with one line on stderr and
+  status 2.
+  """
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if any(a in HELP_FLAGS for a in argv):
+    fv = flags.FlagValues()
+    define_flags(fv)
+    print(f"{__doc__}\nflags:\n{fv.get_help(include_special_flags=False)}")
+    return 0
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  try:
+    run(parse_args(argv))
+  except UsageError as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return USAGE_ERROR
+  return 0
+
+
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

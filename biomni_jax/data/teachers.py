@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from biomni_jax.env import protocol
 from biomni_jax.env.experts import ScriptedExpert
 from biomni_jax.env.tasks import TaskInstance
+from biomni_jax.registry import Registry
 
 Message = dict[str, str]
 Teacher = Callable[[list[Message]], str]
@@ -321,7 +322,11 @@ class OpenAITeacherFactory:
 
 # ----------------------------------------------------------------------------- registry
 
+# kind (config field `pipeline.teacher.kind`) -> (protocol config, **options) -> TeacherFactory
+TEACHERS: Registry[Callable[..., TeacherFactory]] = Registry("teacher kind")
 
+
+@TEACHERS.register("scripted")
 def _scripted(cfg: protocol.ProtocolConfig, **options) -> ScriptedTeacherFactory:
   allowed = {"mistake_rate", "seed"}
   unknown = sorted(set(options) - allowed)
@@ -332,11 +337,9 @@ def _scripted(cfg: protocol.ProtocolConfig, **options) -> ScriptedTeacherFactory
   return ScriptedTeacherFactory(cfg=cfg, **options)
 
 
+@TEACHERS.register("openai")
 def _openai(cfg: protocol.ProtocolConfig, **options) -> OpenAITeacherFactory:
   return OpenAITeacherFactory(OpenAITeacherConfig.from_options(options), cfg)
-
-
-TEACHERS: dict[str, Callable[..., TeacherFactory]] = {"scripted": _scripted, "openai": _openai}
 
 
 def make_teacher_factory(
