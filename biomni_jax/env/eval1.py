@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from biomni_jax.env import protocol
+from biomni_jax.registry import Registry
 
 TASK_NAMES: tuple[str, ...] = (
     "gwas_variant_prioritization",
@@ -247,18 +248,22 @@ def _patient_gene_detection(prediction: Any, answer: str) -> float:
     return 0.0
 
 
-GRADERS: dict[str, Callable[[Any, str], float]] = {
-    "gwas_variant_prioritization": _exact_stripped,
-    "screen_gene_retrieval": _upper_stripped,
-    "lab_bench_seqqa": _lab_bench,
-    "patient_gene_detection": _patient_gene_detection,
-    "gwas_causal_gene_pharmaprojects": _upper_stripped,
-    "rare_disease_diagnosis": _rare_disease_diagnosis,
-    "crispr_delivery": _lower_stripped,
-    "lab_bench_dbqa": _lab_bench,
-    "gwas_causal_gene_opentargets": _upper_stripped,
-    "gwas_causal_gene_gwas_catalog": _upper_stripped,
-}
+# task name -> the official grader (prediction, answer) -> 0.0 | 1.0; several tasks share one.
+GRADERS: Registry[Callable[[Any, str], float]] = Registry.from_items(
+    "Eval1 grader",
+    {
+        "gwas_variant_prioritization": _exact_stripped,
+        "screen_gene_retrieval": _upper_stripped,
+        "lab_bench_seqqa": _lab_bench,
+        "patient_gene_detection": _patient_gene_detection,
+        "gwas_causal_gene_pharmaprojects": _upper_stripped,
+        "rare_disease_diagnosis": _rare_disease_diagnosis,
+        "crispr_delivery": _lower_stripped,
+        "lab_bench_dbqa": _lab_bench,
+        "gwas_causal_gene_opentargets": _upper_stripped,
+        "gwas_causal_gene_gwas_catalog": _upper_stripped,
+    },
+)
 assert set(GRADERS) == set(TASK_NAMES)
 
 # Tasks whose official grader also takes an already-parsed dict as the prediction.
