@@ -49,7 +49,7 @@ from biomni_jax.sampling.params import Completion, SamplingParams
 from biomni_jax.sampling.sampler import seed_key_data
 from biomni_jax.sampling.steps import DecodeRows, PrefillRows, StepCompiler
 from biomni_jax.sampling.stop import StopMatcher
-from biomni_jax.sharding import ShardingRules
+from biomni_jax.sharding import ShardingRules, platform_of
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,10 @@ class Engine:
         lambda tree: jax.tree.map(lambda x: x.astype(config.compute_dtype), tree),
         out_shardings=self._param_shardings,
     )
+    self._unstacked = platform_of(self.rules) == "cpu"
     self._params, self._version = self._place(params), int(version)
     self._param_shapes = jax.tree.map(lambda x: x.shape, self._params)
-    self._decode_params = unstack_layers(self._params)
+    self._decode_params = self._for_decode(self._params)
     self._steps = StepCompiler(config, self.rules, decode_block)
     self._cache = kv_cache.allocate_cache(config, self.num_slots, self.cache_len, self.rules)
     self._slot_owner: list[Optional[Session]] = [None] * self.num_slots
@@ -230,8 +231,8 @@ class Engine:
 
     Same structure and shapes as the current params (so nothing recompiles); any float dtype (the
     engine keeps them in the compute dtype). K/V already in a session's cache stay as computed by the
-    older params. The engine keeps the stacked params (prefill) and a per-layer copy (decode), i.e.
-    twice the weights' memory.
+    older params. On CPU the engine keeps the stacked params (prefill) and a per-layer copy (decode),
+    i.e. twice the weights' memory; on accelerators one copy.
     """
     old = self._param_shapes
     new = jax.tree.map(lambda x: x.shape, params)
@@ -241,7 +242,7 @@ class Engine:
           f"expected {old}, found {new}"
       )
     placed = self._place(params)
-    self._commands.put(("params", placed, unstack_layers(placed), int(version)))
+    self._commands.put(("params", placed, self._for_decode(placed), int(version)))
 
   def release_memory(self) -> Future:
     """Frees the KV cache and the weights as soon as no request is running (colocated RL: the train step
@@ -264,6 +265,12 @@ class Engine:
     self.shutdown()
 
   # ------------------------------------------------------------------------------------------ the loop
+
+  def _for_decode(self, params):
+    """The decode step's weights: on CPU a per-layer copy (`decode.unstack_layers`: slicing the stacked
+    weights inside the step copies every weight each token there), elsewhere the stacked params
+    themselves (XLA reads a static layer slice in place; no second copy of the weights)."""
+    return unstack_layers(params) if self._unstacked else params
 
   def _place(self, params):
     """The params on the engine's devices in the compute dtype: every use casts a weight to it before
@@ -337,7 +344,8 @@ class Engine:
 
   def _release(self) -> None:
     """Drops the cache and weights (see release_memory); sessions keep their slots with nothing cached."""
-    for x in jax.tree.leaves((self._cache, self._decode_params["layers"])):  # buffers it made
+    made = [self._cache] + ([self._decode_params["layers"]] if self._unstacked else [])
+    for x in jax.tree.leaves(made):  # buffers the engine made
       x.delete()
     # The weights may be the caller's own arrays (placed without a copy): dropped, not deleted.
     self._cache = self._params = self._decode_params = None

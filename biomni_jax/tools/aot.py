@@ -7,7 +7,7 @@ Lowers the step at the config's full sequence length for the topology's devices 
 chip's HBM and the step's FLOPs. For an RL config it also compiles the engine's prefill and decode steps
 on one host's chips (`--host_topology`, default the generation's 4-chip host) on the sampler mesh
 `rl.engine.mesh` at `rl.engine.num_slots x max_len`, and reports what trainer and sampler hold per chip
-when colocated: the sampler's weights (two copies: stacked for prefill, per layer for decode) and KV cache
+when colocated: the sampler's weights (one copy in the compute dtype on TPU) and KV cache
 stay resident through the train step, so colocated = train-step peak + sampler resident, and the sampler's
 own peak = sampler resident + its larger step's temporaries + the trainer state. Exits 1 when a program
 does not fit (XLA's RESOURCE_EXHAUSTED at compile time, or a peak above HBM), 2 on a bad config.
@@ -111,7 +111,7 @@ class SamplerReport:
   num_slots: int
   cache_len: int
   prefill_shape: tuple
-  params_bytes: int  # one copy of the weights (compute dtype) per chip
+  params_bytes: int  # the weights (compute dtype) per chip: prefill and decode read the same copy
   cache_bytes: int
   prefill_temp_bytes: int
   decode_temp_bytes: int
@@ -119,7 +119,7 @@ class SamplerReport:
 
   @property
   def resident_bytes(self) -> int:
-    return 2 * self.params_bytes + self.cache_bytes
+    return self.params_bytes + self.cache_bytes
 
   @property
   def peak_bytes(self) -> int:
@@ -130,7 +130,7 @@ class SamplerReport:
     return (
         f"sampler on {self.host_topology}, mesh {self.mesh}: {self.num_slots} slots x "
         f"{self.cache_len} positions, prefill {self.prefill_shape[0]} x {self.prefill_shape[1]}; "
-        f"per chip: weights {gib(self.params_bytes)} x 2, KV cache {gib(self.cache_bytes)}, "
+        f"per chip: weights {gib(self.params_bytes)}, KV cache {gib(self.cache_bytes)}, "
         f"resident {gib(self.resident_bytes)}; temporaries prefill {gib(self.prefill_temp_bytes)}, "
         f"decode {gib(self.decode_temp_bytes)}; peak {gib(self.peak_bytes)} "
         f"(compiled in {self.compile_seconds:.0f} s)"
@@ -171,7 +171,8 @@ def compile_sampler(cfg, model_config, host_topology: str) -> SamplerReport:
   cache = tuple(jax.ShapeDtypeStruct(shape, dtype, sharding=cache_sh) for _ in range(2))
   steps = StepCompiler(model_config, rules, 128)
   start = time.time()
-  prefill, decode, _ = steps.lowered(params, _per_layer(params), cache, rows, chunk)
+  # On TPU the engine decodes from the stacked weights (Engine._for_decode): one copy.
+  prefill, decode, _ = steps.lowered(params, params, cache, rows, chunk)
   p = prefill.compile().memory_analysis()
   d = decode.compile().memory_analysis()
   return SamplerReport(
@@ -186,23 +187,6 @@ def compile_sampler(cfg, model_config, host_topology: str) -> SamplerReport:
       decode_temp_bytes=d.temp_size_in_bytes,
       compile_seconds=time.time() - start,
   )
-
-
-def _per_layer(params):
-  """Abstract `decode.unstack_layers(params)`: the stacked [L, ...] leaves as L per-layer leaves."""
-  from jax.sharding import NamedSharding, PartitionSpec
-
-  def layer(x, i):
-    spec = tuple(x.sharding.spec) + (None,) * (len(x.shape) - len(x.sharding.spec))
-    return jax.ShapeDtypeStruct(
-        x.shape[1:], x.dtype, sharding=NamedSharding(x.sharding.mesh, PartitionSpec(*spec[1:]))
-    )
-
-  stacked = params["layers"]
-  count = jax.tree.leaves(stacked)[0].shape[0]
-  out = dict(params)
-  out["layers"] = tuple(jax.tree.map(lambda x, i=i: layer(x, i), stacked) for i in range(count))
-  return out
 
 
 def _bytes_per_chip(tree) -> int:
