@@ -7,14 +7,15 @@ on a re-run, and the long stages resume from their own checkpoints when interrup
 
   teacher_data  best-of-n scripted-expert rollouts through the sandbox (data/rejection_sampling.py) on the
                 train split (SFT data) and val split (held-out SFT loss) -> DIR/data/sft_{train,val}.jsonl
-  pretrain      when pipeline.pretrain.num_steps > 0: the base model. Language-model pretraining (loss on
-                every token) on the domain's text without the agent protocol: the task prompts and tool
-                outputs of the teacher data, never an assistant turn (data/documents.py), in DIR/pretrain
-                (the embedded tokenizer is trained there), exported to the Hugging Face directory DIR/base.
-                A real run's base model is a pretrained Qwen3 (model.init_from); the embedded tiny model
-                needs this stand-in to be able to read and copy text at all. Skipped when num_steps = 0.
-  sft           train/sft.py in DIR/sft, from DIR/base when pretraining ran (else a random init; the
-                embedded tokenizer is then trained in DIR/sft)
+  pretrain      the base model in DIR/base (a Hugging Face directory with its tokenizer), as
+                `pipeline.pretrain.base` says: "shipped" (default) copies the packaged demo base
+                (biomni_jax/assets/demo_base, or `pipeline.pretrain.path`); "train" regenerates it
+                (train/base_model.py: a copy curriculum, then the teacher data's task prompts and tool
+                outputs, never an assistant turn; the embedded tokenizer trained in DIR/pretrain);
+                "none" skips it. A real run's base is a pretrained Qwen3 (model.init_from); the demo's
+                tiny model needs this stand-in to copy an id from a tool output at all.
+  sft           train/sft.py in DIR/sft, from DIR/base and its tokenizer (with "none": a random init
+                and the embedded tokenizer trained in DIR/sft)
   eval_base     the base model (DIR/base, or SFT's random initial params), held-out embedded tasks -> DIR/eval/base/
   eval_sft      the SFT model                                                       -> DIR/eval/sft/
   rl            train/rl.py in DIR/rl, initialised from DIR/sft
@@ -24,7 +25,7 @@ on a re-run, and the long stages resume from their own checkpoints when interrup
 Evaluation: `pipeline.eval.tasks_per_family` val instances of each RL family, `pipeline.eval.samples` episodes
 each, sampled with the RL rollout settings (temperature, limits) and the same seeds for all three models;
 score = the family's official grade. Config sections: everything configs/demo.py has for SFT, plus `rl`
-(configs/demo_rl.py's), `rl_optimizer`, and `pipeline` (teacher, eval, sft_overrides).
+(configs/demo_rl.py's), `rl_optimizer`, and `pipeline` (teacher, pretrain, eval, sft_overrides).
 """
 
 from __future__ import annotations
@@ -85,13 +86,11 @@ def sft_config(config, workdir: str) -> ml_collections.ConfigDict:
     c.sft[key] = value
   c.data.train_path = os.path.join(workdir, "data", "sft_train.jsonl")
   c.data.eval_path = os.path.join(workdir, "data", "sft_val.jsonl")
-  if pretrain_steps(
-      config
-  ):  # start from the pretrained base: its weights, tokenizer and vocabulary size
+  if base_source(config) != "none":  # start from the base: its weights, tokenizer and vocabulary
     base = os.path.join(workdir, BASE_DIR)
     if not os.path.isfile(os.path.join(base, "config.json")):
       raise RuntimeError(
-          f"sft: the pretrained base {base!r} is missing; the pretrain stage writes it (delete "
+          f"sft: the base model {base!r} is missing; the pretrain stage writes it (delete "
           f"{marker_path(workdir, 'pretrain')} to run that stage again)"
       )
     with open(os.path.join(base, "config.json")) as f:
@@ -102,25 +101,19 @@ def sft_config(config, workdir: str) -> ml_collections.ConfigDict:
 
 
 BASE_DIR = "base"
+BASE_SOURCES = ("shipped", "train", "none")
 
 
-def pretrain_steps(config) -> int:
-  return field(config, "pipeline.pretrain.num_steps", int, minimum=0, default=0)
+def base_source(config) -> str:
+  """`pipeline.pretrain.base`: where DIR/base comes from (module docstring)."""
+  return field(config, "pipeline.pretrain.base", str, default="none", choices=BASE_SOURCES)
 
 
-def pretrain_config(config, workdir: str) -> ml_collections.ConfigDict:
-  """The pretraining run's config: SFT's model and trainer on DIR/data/pretrain_{train,val}.jsonl documents,
-  with `pipeline.pretrain` overriding num_steps and the optimizer's lr / warmup_steps."""
-  c = _trainer_config(config)
-  p = field(config, "pipeline.pretrain")
-  c.sft.num_steps = pretrain_steps(config)
-  for key in ("lr", "warmup_steps"):
-    if key in p:
-      c.optimizer[key] = p[key]
-  c.data.format = "documents"
-  c.data.train_path = os.path.join(workdir, "data", "pretrain_train.jsonl")
-  c.data.eval_path = os.path.join(workdir, "data", "pretrain_val.jsonl")
-  return c
+def shipped_base_path(config) -> str:
+  """`pipeline.pretrain.path`, or the demo base packaged with biomni_jax."""
+  from biomni_jax.train.base_model import DEMO_BASE
+
+  return field(config, "pipeline.pretrain.path", str, default="") or DEMO_BASE
 
 
 def rl_config(config, workdir: str) -> ml_collections.ConfigDict:
@@ -221,49 +214,40 @@ def stage_teacher_data(config, workdir: str) -> dict:
 
 
 def stage_pretrain(config, workdir: str) -> dict:
-  """Documents from the teacher data, the embedded tokenizer (on all of its text), pretraining, export."""
-  if not pretrain_steps(config):
-    return {"skipped": "pipeline.pretrain.num_steps = 0"}
-  from biomni_jax.data.documents import environment_documents, write_documents
+  """DIR/base from the packaged demo base ("shipped") or from the curriculum ("train")."""
+  source, base = base_source(config), os.path.join(workdir, BASE_DIR)
+  if source == "none":
+    return {"skipped": "pipeline.pretrain.base = 'none'"}
+  from biomni_jax.train import base_model
+
+  if source == "shipped":
+    path = shipped_base_path(config)
+    progress(f"pretrain: the shipped base {path}")
+    return base_model.copy_base(path, base)
+  from biomni_jax.data.documents import environment_documents
   from biomni_jax.data.tokenizer import train_embedded_tokenizer
   from biomni_jax.data.trajectory import read_jsonl
-  from biomni_jax.tools.export_hf import export_run
-  from biomni_jax.train.sft import TOKENIZER_DIR, tokenizer_corpus, train_sft
+  from biomni_jax.train.sft import TOKENIZER_DIR, tokenizer_corpus
 
   data_dir, run_dir = os.path.join(workdir, "data"), os.path.join(workdir, "pretrain")
   trajectories = {
       split: read_jsonl(os.path.join(data_dir, f"sft_{split}.jsonl")) for split in ("train", "val")
   }
-  counts = {
-      split: write_documents(
-          os.path.join(data_dir, f"pretrain_{split}.jsonl"), environment_documents(ts)
-      )
-      for split, ts in trajectories.items()
-  }
   tokenizer_dir = os.path.join(run_dir, TOKENIZER_DIR)
-  if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")) and not field(
-      config, "tokenizer.path", str, default=""
-  ):
+  if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
     # The vocabulary covers the protocol's text too (the tokenizer is not the model's knowledge).
     train_embedded_tokenizer(
         tokenizer_corpus(trajectories["train"]),
         field(config, "tokenizer.vocab_size", int, minimum=512),
         tokenizer_dir,
     )
+  documents = {split: environment_documents(ts) for split, ts in trajectories.items()}
   progress(
-      f"pretrain: {counts['train']} documents (task prompts and tool outputs, no assistant turns), "
-      f"{pretrain_steps(config)} steps"
+      f"pretrain: the base model's curriculum (copy rows, then {len(documents['train'])} "
+      f"documents: task prompts and tool outputs, no assistant turns)"
   )
-  summary = train_sft(pretrain_config(config, workdir), run_dir)
-  export_run(run_dir, os.path.join(workdir, BASE_DIR), overwrite=True)
-  losses = summary["losses"]
-  return {
-      "steps": summary["final_step"],
-      "last_loss": losses[max(losses)] if losses else None,
-      "eval_loss": summary.get("eval_loss"),
-      "documents": counts,
-      "base": os.path.join(workdir, BASE_DIR),
-  }
+  summary = base_model.train_base(config, run_dir, documents["train"], documents["val"], base)
+  return {**summary, "documents": {split: len(d) for split, d in documents.items()}, "base": base}
 
 
 def stage_sft(config, workdir: str) -> dict:
@@ -292,7 +276,7 @@ def stage_rl(config, workdir: str) -> dict:
 
 
 def base_agent(workdir: str):
-  """The pretrained base (DIR/base) if pretraining ran, else the SFT run's initial params (init_train_state
+  """The base model (DIR/base) if the pretrain stage wrote one, else the SFT run's initial params (init_train_state
   with its seed), with its model config and tokenizer."""
   from biomni_jax.eval.agents import ModelAgent, load_hf_agent, load_run_agent
 

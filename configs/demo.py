@@ -125,9 +125,9 @@ def get_config() -> ml_collections.ConfigDict:
       dict(
           base="shipped",
           path="",  # "" = biomni_jax/assets/demo_base
-          copy_stages=[[32, 500], [64, 150], [128, 150], [256, 150], [512, 150], [1024, 150]],
+          copy_stages=[[32, 500], [64, 50], [128, 50], [256, 50], [512, 50], [1024, 100]],
           shorter_fraction=0.5,
-          documents_steps=200,
+          documents_steps=150,
           batch_size=2,
           lr=3e-3,
           warmup_steps=20,

@@ -11,7 +11,10 @@ printed line itself, inside the tool output (what a base pretrained on tool outp
 ranked rows above it). Printed per family: accuracy of the first answer token, of the others, and the
 fraction of answers right in every token. Val instances never share an answer with train ones, so a
 right id here was read from the context, not memorized. --model is a run's workdir (SFT or RL) or a
-Hugging Face directory (a pipeline's DIR/base).
+Hugging Face directory (a pipeline's DIR/base). Also printed per family: `same tokens`, the fraction of
+answers whose tokens in the solution equal those of the printed answer line in the observation (a
+byte-level BPE splits an id differently after a space, a newline or `>`: only equal tokens can be
+copied one for one), and the accuracy at each answer token position (`by position`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,18 @@ def answer_span(text: str, where: str) -> tuple[int, int] | None:
     return None
   a = text.index(ANSWER_MARK) + len(ANSWER_MARK)
   return a, text.index("\n", a) if "\n" in text[a:] else len(text)
+
+
+def answer_tokens(tokenizer, trajectory, where: str) -> list[int] | None:
+  """The answer's token ids as they appear in the conversation (the last message that has it)."""
+  role = "assistant" if where == "solution" else "user"
+  for m in reversed(trajectory.messages):
+    span = answer_span(m["content"], where) if m["role"] == role else None
+    if span:
+      text = m["content"]
+      k0, k1 = (len(tokenizer.encode(text[:c], add_special_tokens=False)) for c in span)
+      return tokenizer.encode(text, add_special_tokens=False)[k0:k1]
+  return None
 
 
 def answer_hits(agent, trajectory, where: str) -> list[int] | None:
@@ -124,18 +139,26 @@ def main(argv):
       )
     trajectories = read_jsonl(path)
   stats: dict[str, list[list[int]]] = {}
+  same: dict[str, list[bool]] = {}
   for t in trajectories:
     t.messages = [m for m in t.messages if m["role"] != "system"]  # as the demo's SFT data
     hits = answer_hits(agent, t, _WHERE.value)
     if hits is not None:
       stats.setdefault(t.task["task_name"], []).append(hits)
+    printed, solved = (answer_tokens(agent.tokenizer, t, w) for w in ("observation", "solution"))
+    if printed is not None and solved is not None:
+      same.setdefault(t.task["task_name"], []).append(printed == solved)
   print(f"{agent.source}: teacher-forced answer tokens in the {_WHERE.value}")
   for family, rows in stats.items():
     rest = [h for r in rows for h in r[1:]]
     print(
         f"  {family:26s} answers {len(rows):3d}  first token {np.mean([r[0] for r in rows]):.2f}  "
-        f"other tokens {np.mean(rest) if rest else float('nan'):.2f}  whole answer {np.mean([all(r) for r in rows]):.2f}"
+        f"other tokens {np.mean(rest) if rest else float('nan'):.2f}  whole answer "
+        f"{np.mean([all(r) for r in rows]):.2f}  same tokens {np.mean(same.get(family, [0])):.2f}"
     )
+    width = max(len(r) for r in rows)
+    by_position = [np.mean([r[k] for r in rows if len(r) > k]) for k in range(width)]
+    print("    by position " + " ".join(f"{a:.2f}" for a in by_position))
 
 
 if __name__ == "__main__":

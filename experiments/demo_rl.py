@@ -7,7 +7,8 @@ Success = the fraction of sampled episodes (temperature and limits of configs/de
 family's grader scores 1, over `eval_tasks_per_family` val-split instances of each family, `eval_samples`
 episodes each, through the same rollout pool RL trains with. Each seed runs RL from the same SFT weights
 (rl.init_from_sft) with its own task order and sampling seeds, then is evaluated; the margin is the mean
-over seeds of (after - before). Prints one JSON line per evaluation and a final SUMMARY line.
+over seeds of (after - before), with its standard error (sample std over seeds / sqrt(seeds)), overall
+and per family. Prints one JSON line per evaluation and a final SUMMARY line.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def main(argv):
       base.rl.init_from_sft, ShardingRules(make_mesh())
   )
   results = {"before": [], "after": [], "rl_seconds": []}
+  families = {"before": [], "after": []}
   for seed in [int(s) for s in _SEEDS.value]:
     before = evaluate(
         base, sft_params, model_cfg, tokenizer, _EVAL_TASKS.value, _EVAL_SAMPLES.value, 1000 + seed
@@ -150,7 +152,27 @@ def main(argv):
     )
     results["before"].append(before["success"])
     results["after"].append(after["success"])
+    for when, m in (("before", before), ("after", after)):
+      families[when].append(
+          {k[len("success/") :]: v for k, v in m.items() if k.startswith("success/")}
+      )
   margins = np.asarray(results["after"]) - np.asarray(results["before"])
+
+  def mean_se(values):
+    values = np.asarray(values, float)
+    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return {"mean": round(float(values.mean()), 4), "se": round(float(se), 4)}
+
+  per_family = {
+      name: {
+          "before": mean_se([f[name] for f in families["before"]]),
+          "after": mean_se([f[name] for f in families["after"]]),
+          "margin": mean_se(
+              [a[name] - b[name] for a, b in zip(families["after"], families["before"])]
+          ),
+      }
+      for name in families["before"][0]
+  }
   print(
       "SUMMARY "
       + json.dumps(
@@ -160,6 +182,10 @@ def main(argv):
               "after": results["after"],
               "margin_mean": float(margins.mean()),
               "margin_std": float(margins.std()),
+              "margin_se": mean_se(margins)["se"],
+              "before_mean": mean_se(results["before"]),
+              "after_mean": mean_se(results["after"]),
+              "families": per_family,
               "rl_seconds": results["rl_seconds"],
           }
       )

@@ -68,25 +68,18 @@ def test_a_failed_stage_leaves_no_marker_and_the_rerun_starts_there(monkeypatch,
 
 def test_stage_configs_split_the_pipeline_config(tmp_path):
   config = demo_config()
-  assert (
-      config.pipeline.pretrain.num_steps == 0
-      and not pipeline.sft_config(config, str(tmp_path)).model.init_from
-  )
-  pretraining = demo_config(**{"pipeline.pretrain.num_steps": 200})
-  with pytest.raises(RuntimeError, match="the pretrained base .* is missing"):
-    pipeline.sft_config(pretraining, str(tmp_path))
+  assert config.pipeline.pretrain.base == "shipped"  # SFT starts from DIR/base by default
+  with pytest.raises(RuntimeError, match="the base model .* is missing"):
+    pipeline.sft_config(config, str(tmp_path))
+  assert not pipeline.sft_config(
+      demo_config(**{"pipeline.pretrain.base": "none"}), str(tmp_path)
+  ).model.init_from
   os.makedirs(tmp_path / "base")
   (tmp_path / "base" / "config.json").write_text(json.dumps({"vocab_size": 1234}))
-  from_base = pipeline.sft_config(pretraining, str(tmp_path))
+  from_base = pipeline.sft_config(config, str(tmp_path))
   assert from_base.model.init_from == from_base.tokenizer.path == str(tmp_path / "base")
   assert (
       from_base.model.overrides.vocab_size == 1234 and from_base.model.overrides.hidden_size == 128
-  )
-  pre = pipeline.pretrain_config(pretraining, str(tmp_path))
-  assert pre.data.format == "documents" and pre.sft.num_steps == 200
-  assert (
-      pre.data.train_path == str(tmp_path / "data" / "pretrain_train.jsonl")
-      and "pipeline" not in pre
   )
   sft = pipeline.sft_config(config, str(tmp_path))
   assert sft.mode == "sft" and "rl" not in sft and "pipeline" not in sft
@@ -146,8 +139,11 @@ TINY = {
     "pipeline.teacher.workers": 1,
     "pipeline.eval.tasks_per_family": 1,
     "pipeline.eval.samples": 2,
-    "pipeline.pretrain.num_steps": 2,
+    "pipeline.pretrain.base": "train",
+    "pipeline.pretrain.copy_stages": [[32, 1], [64, 1]],
+    "pipeline.pretrain.documents_steps": 1,
     "pipeline.pretrain.warmup_steps": 1,
+    "pipeline.pretrain.eval_rows": 1,
     "pipeline.sft_overrides.num_steps": 2,
 }
 
@@ -165,19 +161,22 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   assert len(rows) == 2 and all(r["messages"][0]["role"] == "user" for r in rows)
   for name in pipeline.STAGES:
     assert pipeline.read_marker(workdir, name), name
-  # The base model is the pretrained run, exported; SFT starts from it (same tokenizer and vocabulary).
+  # The base model is the curriculum run, exported; SFT starts from it (same tokenizer and vocabulary).
   docs = [
-      json.loads(l)["text"] for l in open(os.path.join(workdir, "data", "pretrain_train.jsonl"))
+      t
+      for t in map(json.loads, open(os.path.join(workdir, "pretrain", "data", "base_train.jsonl")))
+      if t["task"]["task_name"] == "document"
   ]
-  kept = sum(1 for _ in open(os.path.join(workdir, "data", "sft_train.jsonl")))
-  assert len(docs) == kept >= 1 and all(
-      "<solution>" not in d and "<execute>" not in d for d in docs
+  assert len(docs) == 2 and all(
+      "<solution>" not in m["content"] and "<execute>" not in m["content"]
+      for d in docs
+      for m in d["messages"]
   )
   base = pipeline.base_agent(workdir)
   assert base.source == os.path.join(workdir, "base")
   from biomni_jax.eval.agents import load_run_agent
 
-  pretrained = load_run_agent(os.path.join(workdir, "pretrain"))
+  pretrained = load_run_agent(os.path.join(workdir, "pretrain", "run"))
   for a, b in zip(jax.tree.leaves(pretrained.params), jax.tree.leaves(base.params)):
     np.testing.assert_array_equal(a, b)
   sft_config = json.load(open(os.path.join(workdir, "sft", "config.json")))
