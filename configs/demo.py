@@ -107,6 +107,9 @@ def get_config() -> ml_collections.ConfigDict:
           system_prompt=False,
       )
   )  # like rl.rollout.use_system_prompt: the tool listing would fill the tiny context
+  # RL on train instances the teacher data never held: SFT solves its own tasks in every sample, and a
+  # group whose samples all score alike has no advantage to learn from.
+  config.rl.task_start = pipeline.teacher.train_per_family
   # ~150 steps teach the tiny model the protocol (held-out format ~0.9); copying an answer from an observation
   # into the solution starts later (the multiple-choice letter first). 250 steps at ~1.3 s take ~5.5 minutes;
   # 400 steps gave the same held-out table (README).

@@ -53,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   rl.tasks_per_family = 16
   rl.task_split = "train"
   rl.task_seed = 0
+  rl.task_start = 0  # index of the first instance of each family (the pipeline skips SFT's tasks)
   rl.epochs = 1
   rl.num_steps = 0  # > 0 overrides epochs x tasks / num_groups
   rl.num_groups = 4  # task instances (prompts) per rollout batch

@@ -231,3 +231,21 @@ def test_full_demo_command(tmp_path):
   assert result["average"]["sft"] > result["average"]["base"]
   assert (tmp_path / "report.html").stat().st_size > 10_000
   assert wall < 20 * 60, wall
+
+
+def test_rl_trains_on_tasks_the_teacher_data_never_held(tmp_path):
+  from biomni_jax.env.tasks import get_family
+  from biomni_jax.train import rl_run
+
+  config = demo_config()
+  rl_tasks = rl_run.build_tasks(pipeline.rl_config(config, str(tmp_path)))
+  teacher = config.pipeline.teacher
+  sft_ids = {
+      t.instance_id
+      for name in teacher.families
+      for t in get_family(name).instances("train", teacher.train_per_family)
+  }
+  rl_ids = {t.instance_id for t in rl_tasks}
+  assert len(rl_ids) == len(rl_tasks) == 4 * config.rl.tasks_per_family
+  assert not rl_ids & sft_ids
+  assert min(int(i.rsplit("/", 1)[1]) for i in rl_ids) == teacher.train_per_family

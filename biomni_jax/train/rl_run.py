@@ -90,17 +90,20 @@ def load_sft_run(sft_workdir: str, sharding: ShardingRules):
 
 def build_tasks(config) -> list:
   """The training task instances: rl.tasks_per_family instances of each of rl.task_families (split
-  rl.task_split), in family order."""
+  rl.task_split, indices from rl.task_start on), in family order."""
   from biomni_jax.env.tasks import get_family
 
   families = list(field(config, "rl.task_families"))
   count = field(config, "rl.tasks_per_family", int, minimum=1)
   split = field(config, "rl.task_split", str, default="train")
   seed = field(config, "rl.task_seed", int, default=0)
+  start = field(config, "rl.task_start", int, minimum=0, default=0)
   if not families:
     raise ConfigError("config field 'rl.task_families': empty; expected task family names")
   try:
-    return [t for name in families for t in get_family(name, seed=seed).instances(split, count)]
+    return [
+        t for name in families for t in get_family(name, seed=seed).instances(split, count, start)
+    ]
   except KeyError as e:
     raise ConfigError(f"config field 'rl.task_families': {e.args[0]}") from None
 
