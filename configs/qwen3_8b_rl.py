@@ -17,30 +17,17 @@ the step peaks at 96.6 GiB per chip, over the 95 GiB of HBM.)
 
 import ml_collections
 
+from biomni_jax.config_utils import sibling_config
+from biomni_jax.train.losses import default_policy_loss_config
 from biomni_jax.train.optimizer import default_optimizer_config
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
+  # The SFT recipe's model, tokenizer, mesh and AOT target (model.init_from, a Hugging Face directory, is
+  # used when rl.init_from_sft is ""); its data and sft sections are the SFT run's own.
+  c = sibling_config(__file__, "qwen3_8b_sft.py")
   c.mode = "rl"
-  c.seed = 0
-
-  # Used when rl.init_from_sft is "" (then model.init_from is a Hugging Face directory).
-  c.model = ml_collections.ConfigDict()
-  c.model.preset = "qwen3_8b"
-  c.model.init_from = ""
-  c.model.overrides = ml_collections.ConfigDict(
-      dict(
-          dtype="bfloat16",
-          remat_policy="full",
-          attention_impl="auto",
-          logits_chunk=2048,
-          rope_scaling_factor=2.0,
-          rope_original_max_position_embeddings=32_768,
-          max_position_embeddings=65_536,
-      )
-  )
-  c.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=151_936))
+  del c.data, c.sft
 
   rl = c.rl = ml_collections.ConfigDict()
   rl.init_from_sft = ""  # the SFT run's workdir (configs/qwen3_8b_sft.py)
@@ -65,20 +52,7 @@ def get_config():
   rl.logprob_batch_rows = 16
   rl.advantage_estimator = "drgrpo"
   rl.temperature = 0.6
-  rl.loss = ml_collections.ConfigDict(
-      dict(
-          policy_loss="ppo_clip",
-          clip_low=0.2,
-          clip_high=0.28,
-          dual_clip=3.0,
-          tis_cap=None,
-          kl_coef=0.0,
-          kl_estimator="k3",
-          entropy_coef=0.0,
-          aggregation="seq-mean-token-mean",
-          token_sum_norm=None,
-      )
-  )
+  rl.loss = default_policy_loss_config()
   rl.rollout = ml_collections.ConfigDict(
       dict(
           max_turns=64,
@@ -114,11 +88,7 @@ def get_config():
   rl.tensorboard = True
   rl.progress_bar = True
 
-  c.optimizer = (
-      default_optimizer_config()
-  )  # lr 1e-6 constant, AdamW (0.9, 0.999), wd 0.01, clip 1.0
+  c.optimizer = default_optimizer_config()  # lr 1e-6 constant, AdamW (0.9, 0.999), wd 0.01, clip 1
   c.optimizer.lr = 1e-6
-
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=1))
-  c.aot = ml_collections.ConfigDict(dict(topology="v5p:2x4x4"))
+  c.aot.topology = "v5p:2x4x4"
   return c

@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from biomni_jax.registry import Registry
 from biomni_jax.train import aggregation as aggregation_lib
@@ -148,6 +149,12 @@ class PolicyLossConfig:
     if fields.get("token_sum_norm") is None and default_token_sum_norm is not None:
       fields["token_sum_norm"] = float(default_token_sum_norm)
     return cls(**fields)
+
+
+def default_policy_loss_config() -> ml_collections.ConfigDict:
+  """The `rl.loss` config section with the Biomni-R0 recipe's values (PolicyLossConfig's defaults):
+  PPO clip 0.2 / 0.28, dual-clip 3, no TIS, no KL or entropy term, seq-mean-token-mean."""
+  return ml_collections.ConfigDict(dataclasses.asdict(PolicyLossConfig()))
 
 
 @POLICY_LOSSES.register("ppo_clip")
