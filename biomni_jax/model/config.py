@@ -86,7 +86,9 @@ class ModelConfig:
         max_position_embeddings=int(factor * original_max_position_embeddings),
     )
 
-  def num_params(self) -> int:
+  def layer_matmul_params(self) -> int:
+    """Weights of one decoder layer's matmuls: the q, k, v and o projections (E x H D, 2 x E x K D,
+    H D x E) and the SwiGLU MLP's gate, up and down (3 x E x M)."""
     e, m, h, k, d = (
         self.hidden_size,
         self.intermediate_size,
@@ -94,8 +96,12 @@ class ModelConfig:
         self.num_key_value_heads,
         self.head_dim,
     )
-    attn = e * h * d + 2 * e * k * d + h * d * e + 2 * d
-    layer = attn + 3 * e * m + 2 * e
+    return e * h * d + 2 * e * k * d + h * d * e + 3 * e * m
+
+  def num_params(self) -> int:
+    e = self.hidden_size
+    # Besides the matmuls, a layer holds the q/k RMSNorm scales (D each) and its two RMSNorms (E each).
+    layer = self.layer_matmul_params() + 2 * self.head_dim + 2 * e
     head = 0 if self.tie_word_embeddings else self.vocab_size * e
     return self.vocab_size * e + self.num_hidden_layers * layer + e + head
 
@@ -105,15 +111,10 @@ class ModelConfig:
     Attention: QK^T and PV cost 2 * 2 * H * D FLOPs per (query, key) pair; a causal query sees on average
     seq_len / 2 keys.
     """
-    e, m, h, k, d = (
-        self.hidden_size,
-        self.intermediate_size,
-        self.num_attention_heads,
-        self.num_key_value_heads,
-        self.head_dim,
+    h, d = self.num_attention_heads, self.head_dim
+    dense = 2.0 * (
+        self.num_hidden_layers * self.layer_matmul_params() + self.vocab_size * self.hidden_size
     )
-    layer_matmul = e * h * d + 2 * e * k * d + h * d * e + 3 * e * m
-    dense = 2.0 * (self.num_hidden_layers * layer_matmul + self.vocab_size * e)
     attn = 2.0 * 2.0 * self.num_hidden_layers * h * d * seq_len / 2
     return dense + attn
 
