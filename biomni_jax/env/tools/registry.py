@@ -51,6 +51,9 @@ def _p(
 
 _HPO_TERMS = _p("hpo_terms", "list[str]", "HPO term ids, e.g. ['HP:0001250', 'HP:0000252']")
 _DNA = _p("dna_sequence", "str", "DNA sequence (5'->3')")
+_SEQUENCE = _p("sequence", "str", "DNA sequence")
+_OMIM_ID = _p("disease_id", "str", "OMIM id, e.g. 'OMIM:193700' or '193700'")
+_GENE = _p("gene", "str", "gene symbol or Ensembl id")
 
 _SPECS = [
     # ---- knowledge (HPO / OMIM / Ensembl)
@@ -82,28 +85,28 @@ _SPECS = [
         "get_disease_phenotypes",
         "HPO phenotypes annotated to an OMIM disease.",
         KNOWLEDGE,
-        (_p("disease_id", "str", "OMIM id, e.g. 'OMIM:193700' or '193700'"),),
+        (_OMIM_ID,),
         "knowledge",
     ),
     ToolSpec(
         "get_disease_genes",
         "Genes (symbol, Ensembl id) linked to an OMIM disease.",
         KNOWLEDGE,
-        (_p("disease_id", "str", "OMIM id, e.g. 'OMIM:193700' or '193700'"),),
+        (_OMIM_ID,),
         "knowledge",
     ),
     ToolSpec(
         "get_gene_diseases",
         "OMIM diseases (omim_id, disease_name) linked to a gene.",
         KNOWLEDGE,
-        (_p("gene", "str", "gene symbol or Ensembl id"),),
+        (_GENE,),
         "knowledge",
     ),
     ToolSpec(
         "get_gene_info",
         "Gene record (GRCh38 location, 1-based; strand, biotype, full name).",
         KNOWLEDGE,
-        (_p("gene", "str", "gene symbol or Ensembl id"),),
+        (_GENE,),
         "knowledge",
     ),
     ToolSpec(
@@ -187,7 +190,7 @@ _SPECS = [
         "Commercial enzymes that cut the sequence and their sites.",
         SEQUENCE,
         (
-            _p("sequence", "str", "DNA sequence"),
+            _SEQUENCE,
             _p("is_circular", "bool", "circular molecule", False),
         ),
         "sequence",
@@ -198,7 +201,7 @@ _SPECS = [
         "length, strand, frame, protein.",
         SEQUENCE,
         (
-            _p("sequence", "str", "DNA sequence"),
+            _SEQUENCE,
             _p("min_length", "int", "minimum ORF length (nt)", 30),
             _p("search_reverse", "bool", "also search the reverse strand", False),
             _p("filter_subsets", "bool", "drop ORFs nested in longer ones", False),
@@ -210,7 +213,7 @@ _SPECS = [
         "Protein translation of a DNA sequence ('*' for stops).",
         SEQUENCE,
         (
-            _p("sequence", "str", "DNA sequence"),
+            _SEQUENCE,
             _p("table", "int", "NCBI codon table", 1),
             _p("to_stop", "bool", "stop at the first stop codon", False),
             _p("frame", "int", "reading frame 1, 2 or 3", 1),
@@ -231,14 +234,14 @@ _SPECS = [
         "reverse_complement",
         "Reverse complement of a DNA sequence.",
         SEQUENCE,
-        (_p("sequence", "str", "DNA sequence"),),
+        (_SEQUENCE,),
         "sequence",
     ),
     ToolSpec(
         "gc_content",
         "GC fraction (0..1) of a DNA sequence.",
         SEQUENCE,
-        (_p("sequence", "str", "DNA sequence"),),
+        (_SEQUENCE,),
         "sequence",
     ),
     ToolSpec(
