@@ -188,3 +188,18 @@ def test_busy_neighbour_makes_the_run_loaded(tmp_path, capsys):
   peer = records[0]["runs"][0]["peers"]["sleep"]
   assert len(peer["samples"]) == 3 and peer["other_cores"] > 0.3
   assert records[0]["runs"][0]["windows"][0]["loadavg_before"]
+
+
+def test_before_after_reads_the_timed_peer_line_of_rollout_output():
+  from benchmarks import before_after
+
+  out = (
+      "note: 2 programs compiled\n"
+      "sync  :   1182.3 trajectories/min (3.25 s, process CPU 1.16 s)\n"
+      "async :   2059.5 trajectories/min (1.86 s, process CPU 1.75 s), S=1, restarts 8\n"
+  )
+  s = before_after.parse_rollout(out, "async")
+  assert (s.wall, s.cpu) == (1.86, 1.75) and abs(s.units - 2059.5 * 1.86 / 60) < 1e-9
+  assert before_after.parse_rollout(out, "sync").wall == 3.25
+  with pytest.raises(ValueError, match="no 'bound : ... trajectories/min' line"):
+    before_after.parse_rollout(out, "bound")
