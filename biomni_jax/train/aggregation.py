@@ -34,6 +34,7 @@ padding row) contributes neither to the sum nor to the denominator.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import jax
@@ -80,56 +81,57 @@ def _per_sequence_sums(
   return value_sum, count
 
 
-@AGGREGATIONS.register("token-mean")
-def token_mean(
-    values_bt: Array,
-    mask_bt: Array,
-    *,
-    segment_ids: Optional[Array] = None,
-    token_sum_norm: Optional[float] = None,
-) -> tuple[Array, Array]:
-  """sum_{b,t} m*x over sum_{b,t} m. segment_ids/token_sum_norm are unused."""
+def _mode(name: str) -> Callable[[Callable], AggregationFn]:
+  """Decorator: register `fn(values, mask, segment_ids, token_sum_norm) -> (loss_sum, denominator)` as
+  mode `name` behind the AggregationFn signature; fn receives float32 values and mask [B, T] whose shapes
+  have been checked."""
+
+  def register(fn: Callable) -> AggregationFn:
+    @functools.wraps(fn)
+    def aggregation_mode(
+        values_bt: Array,
+        mask_bt: Array,
+        *,
+        segment_ids: Optional[Array] = None,
+        token_sum_norm: Optional[float] = None,
+    ) -> tuple[Array, Array]:
+      _check_shapes(values_bt, mask_bt, name)
+      return fn(
+          values_bt.astype(jnp.float32), mask_bt.astype(jnp.float32), segment_ids, token_sum_norm
+      )
+
+    return AGGREGATIONS.register(name)(aggregation_mode)
+
+  return register
+
+
+@_mode("token-mean")
+def token_mean(values_bt, mask_bt, segment_ids, token_sum_norm):
+  """sum_{b,t} m*x over sum_{b,t} m. token_sum_norm is unused."""
   del token_sum_norm
-  _check_shapes(values_bt, mask_bt, "token-mean")
-  mask = mask_bt.astype(jnp.float32)
+  mask = mask_bt
   if segment_ids is not None:
     mask = mask * (segment_ids > 0)
-  return (values_bt.astype(jnp.float32) * mask).sum(), mask.sum()
+  return (values_bt * mask).sum(), mask.sum()
 
 
-@AGGREGATIONS.register("seq-mean-token-mean")
-def seq_mean_token_mean(
-    values_bt: Array,
-    mask_bt: Array,
-    *,
-    segment_ids: Optional[Array] = None,
-    token_sum_norm: Optional[float] = None,
-) -> tuple[Array, Array]:
+@_mode("seq-mean-token-mean")
+def seq_mean_token_mean(values_bt, mask_bt, segment_ids, token_sum_norm):
   """sum over sequences of each sequence's masked token mean; denominator = #sequences."""
   del token_sum_norm
-  _check_shapes(values_bt, mask_bt, "seq-mean-token-mean")
-  value_sum, count = _per_sequence_sums(
-      values_bt.astype(jnp.float32), mask_bt.astype(jnp.float32), segment_ids
-  )
+  value_sum, count = _per_sequence_sums(values_bt, mask_bt, segment_ids)
   has_tokens = count > 0
   per_seq_mean = jnp.where(has_tokens, value_sum / jnp.maximum(count, 1.0), 0.0)
   return per_seq_mean.sum(), has_tokens.sum().astype(jnp.float32)
 
 
-@AGGREGATIONS.register("seq-mean-token-sum-norm")
-def seq_mean_token_sum_norm(
-    values_bt: Array,
-    mask_bt: Array,
-    *,
-    segment_ids: Optional[Array] = None,
-    token_sum_norm: Optional[float] = None,
-) -> tuple[Array, Array]:
+@_mode("seq-mean-token-sum-norm")
+def seq_mean_token_sum_norm(values_bt, mask_bt, segment_ids, token_sum_norm):
   """sum over sequences of (masked token sum / token_sum_norm); denominator = #sequences.
 
   token_sum_norm: the run's constant normaliser (> 0), the same in every call (see the module
   docstring); there is no default.
   """
-  _check_shapes(values_bt, mask_bt, "seq-mean-token-sum-norm")
   if token_sum_norm is None:
     raise ValueError(
         "seq-mean-token-sum-norm: token_sum_norm is required: a constant of the run, the same for "
@@ -139,9 +141,7 @@ def seq_mean_token_sum_norm(
   norm = float(token_sum_norm)
   if not norm > 0:
     raise ValueError(f"seq-mean-token-sum-norm: token_sum_norm must be > 0, found {norm}")
-  value_sum, count = _per_sequence_sums(
-      values_bt.astype(jnp.float32), mask_bt.astype(jnp.float32), segment_ids
-  )
+  value_sum, count = _per_sequence_sums(values_bt, mask_bt, segment_ids)
   return value_sum.sum() / norm, (count > 0).sum().astype(jnp.float32)
 
 
