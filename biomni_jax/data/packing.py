@@ -28,6 +28,9 @@ import numpy as np
 REQUIRED_FIELDS = ("tokens", "loss_mask")
 LAYOUT_FIELDS = ("segment_ids", "positions")
 OVERLONG_POLICIES = ("truncate", "error", "drop")
+# A training row with next-token targets (add_next_token_targets), each int32 [N, L]: what the SFT step
+# reads, and the first fields of the RL rows (train/rl_batch.py).
+TRAIN_ROW_FIELDS = ("tokens", "targets", "target_mask", "segment_ids", "positions")
 
 
 class Placement(NamedTuple):

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from biomni_jax import distributed
 from biomni_jax import model as M
 from biomni_jax.config_utils import ConfigError, field
+from biomni_jax.data.packing import TRAIN_ROW_FIELDS
 from biomni_jax.model.config import ModelConfig
 from biomni_jax.sharding import ShardingRules
 from biomni_jax.train import advantages as advantages_lib
@@ -45,17 +46,9 @@ from biomni_jax.train.checkpoint import Checkpointer
 from biomni_jax.train.metrics import MetricsWriter
 from biomni_jax.train.step import BATCH_AXES, TrainState, make_train_step
 
-# Fields the jitted RL step reads (the rest of rl_batch.RL_ROW_FIELDS stays on the host).
-STEP_FIELDS = (
-    "tokens",
-    "targets",
-    "target_mask",
-    "segment_ids",
-    "positions",
-    "sampler_logprobs",
-    "advantages",
-    "old_logprobs",
-)
+# Fields the jitted RL step reads: rl_batch.RL_ROW_FIELDS but policy_versions (which stays on the host),
+# and the log-probs of the params at the start of the step.
+STEP_FIELDS = TRAIN_ROW_FIELDS + ("sampler_logprobs", "advantages", "old_logprobs")
 
 
 class GroupSource(Protocol):

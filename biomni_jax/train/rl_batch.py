@@ -27,19 +27,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from biomni_jax.data.packing import pack_examples, shift_left_within_segments, unpacked_examples
+from biomni_jax.data.packing import (
+    TRAIN_ROW_FIELDS,
+    add_next_token_targets,
+    pack_examples,
+    shift_left_within_segments,
+    unpacked_examples,
+)
 from biomni_jax.train import advantages as advantages_lib
 
-RL_ROW_FIELDS = (
-    "tokens",
-    "targets",
-    "target_mask",
-    "segment_ids",
-    "positions",
-    "sampler_logprobs",
-    "policy_versions",
-    "advantages",
-)
+RL_ROW_FIELDS = TRAIN_ROW_FIELDS + ("sampler_logprobs", "policy_versions", "advantages")
 
 
 def flatten_groups(groups: Sequence[Any]) -> tuple[list[Any], np.ndarray]:
@@ -118,26 +115,18 @@ def build_rows(
           k: np.concatenate([v, np.zeros((target_rows - num_rows, row_length), v.dtype)])
           for k, v in rows.items()
       }
-  seg = rows["segment_ids"]
-  targets, valid = shift_left_within_segments(rows["tokens"], seg)
-  target_mask = shift_left_within_segments(rows["loss_mask"], seg)[0] * valid
-  on = target_mask > 0
-  out = {
-      "tokens": rows["tokens"].astype(np.int32),
-      "targets": targets.astype(np.int32),
-      "target_mask": target_mask.astype(np.int32),
-      "segment_ids": seg.astype(np.int32),
-      "positions": rows["positions"].astype(np.int32),
-      "sampler_logprobs": np.where(
-          on, shift_left_within_segments(rows["sampler_logprobs"], seg)[0], 0.0
-      ).astype(np.float32),
-      "policy_versions": np.where(
-          on, shift_left_within_segments(rows["policy_versions"], seg)[0], -1
-      ).astype(np.int32),
-      "advantages": np.where(
-          on, shift_left_within_segments(rows["advantages"], seg)[0], 0.0
-      ).astype(np.float32),
-  }
+  rows = add_next_token_targets(rows)
+  out = {name: rows[name].astype(np.int32) for name in TRAIN_ROW_FIELDS}
+  # The per-token fields move onto the predicting position, like the targets; off the target mask they
+  # hold `fill`.
+  on = out["target_mask"] > 0
+  for name, fill, dtype in (
+      ("sampler_logprobs", 0.0, np.float32),
+      ("policy_versions", -1, np.int32),
+      ("advantages", 0.0, np.float32),
+  ):
+    shifted = shift_left_within_segments(rows[name], rows["segment_ids"])[0]
+    out[name] = np.where(on, shifted, fill).astype(dtype)
   return out
 
 

@@ -33,6 +33,7 @@ from biomni_jax.data.chat import ChatRenderer
 from biomni_jax.data.documents import document_examples, read_documents
 from biomni_jax.data.packing import (
     OVERLONG_POLICIES,
+    TRAIN_ROW_FIELDS,
     add_next_token_targets,
     pack_examples,
     unpacked_examples,
@@ -51,7 +52,7 @@ from biomni_jax.train.step import BATCH_AXES, make_train_step
 # tokenizer directory by this name.
 TOKENIZER_DIR = run_setup.TOKENIZER_DIR
 
-ROW_FIELDS = ("tokens", "targets", "target_mask", "segment_ids", "positions")
+ROW_FIELDS = TRAIN_ROW_FIELDS
 
 
 # ----------------------------------------------------------------------------------------------- the loss
