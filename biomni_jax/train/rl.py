@@ -44,7 +44,7 @@ from biomni_jax.train import advantages as advantages_lib
 from biomni_jax.train import losses, rl_batch, rl_metrics
 from biomni_jax.train.checkpoint import Checkpointer
 from biomni_jax.train.metrics import MetricsWriter
-from biomni_jax.train.step import BATCH_AXES, TrainState, make_train_step
+from biomni_jax.train.step import BATCH_AXES, TrainState, make_train_step, row_logprobs
 
 # Fields the jitted RL step reads: rl_batch.RL_ROW_FIELDS but policy_versions (which stays on the host),
 # and the log-probs of the params at the start of the step.
@@ -166,13 +166,10 @@ def make_rl_loss(
   with_entropy = loss_cfg.entropy_coef > 0
 
   def loss_fn(params, rows):
-    out = M.token_logprobs(
+    out = row_logprobs(
         model_config,
         params,
-        rows["tokens"],
-        rows["targets"],
-        positions=rows["positions"],
-        segment_ids=rows["segment_ids"],
+        rows,
         sharding=sharding,
         temperature=temperature,
         with_entropy=with_entropy,
@@ -194,25 +191,15 @@ def make_rl_loss(
 
 
 def make_logprob_fn(model_config: ModelConfig, sharding: ShardingRules, temperature: float):
-  """Jitted (params, tokens, targets, positions, segment_ids) -> log p(targets) float32 [B, L]."""
+  """Jitted (params, rows: {tokens, targets, positions, segment_ids} [B, L]) -> log p(targets) float32
+  [B, L]."""
   param_sh = M.param_shardings(model_config, sharding)
   rows_sh = sharding.sharding(BATCH_AXES)
 
-  def logprobs(params, tokens, targets, positions, segment_ids):
-    return M.token_logprobs(
-        model_config,
-        params,
-        tokens,
-        targets,
-        positions=positions,
-        segment_ids=segment_ids,
-        sharding=sharding,
-        temperature=temperature,
-    )
+  def logprobs(params, rows):
+    return row_logprobs(model_config, params, rows, sharding=sharding, temperature=temperature)
 
-  return jax.jit(
-      logprobs, in_shardings=(param_sh, rows_sh, rows_sh, rows_sh, rows_sh), out_shardings=rows_sh
-  )
+  return jax.jit(logprobs, in_shardings=(param_sh, rows_sh), out_shardings=rows_sh)
 
 
 def recompute_logprobs(
@@ -234,7 +221,7 @@ def recompute_logprobs(
           for k, v in chunk.items()
       }
     placed = distributed.global_rows(chunk, target)
-    logp = logprob_fn(params, *(placed[k] for k in fields))
+    logp = logprob_fn(params, placed)
     out[start : start + real] = distributed.local_rows(logp)[:real]
   return out * (rows["target_mask"] > 0)
 

@@ -46,7 +46,7 @@ from biomni_jax.train import aggregation as aggregation_lib
 from biomni_jax.train import losses, run_setup
 from biomni_jax.train.data_iter import BatchIterator
 from biomni_jax.train.metrics import MetricsWriter
-from biomni_jax.train.step import BATCH_AXES, make_train_step
+from biomni_jax.train.step import BATCH_AXES, make_train_step, row_logprobs
 
 # The run layout is run_setup's; the pipeline and the base-model trainer read an SFT run's
 # tokenizer directory by this name.
@@ -72,15 +72,7 @@ def make_sft_loss(
   """
 
   def loss_fn(params, rows):
-    logp = M.token_logprobs(
-        model_config,
-        params,
-        rows["tokens"],
-        rows["targets"],
-        positions=rows["positions"],
-        segment_ids=rows["segment_ids"],
-        sharding=sharding,
-    )
+    logp = row_logprobs(model_config, params, rows, sharding=sharding)
     mask = rows["target_mask"].astype(jnp.float32)
     loss_sum, denom = losses.sft_cross_entropy(
         logp,

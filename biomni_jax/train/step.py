@@ -54,6 +54,31 @@ class TrainState:
     return dataclasses.replace(self, **changes)
 
 
+def row_logprobs(
+    model_config: ModelConfig,
+    params,
+    rows: Batch,
+    *,
+    sharding: Optional[ShardingRules] = None,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+):
+  """log p(targets) float32 [B, L] of training rows (and the entropies [B, L] if asked): M.token_logprobs
+  of rows["tokens"], rows["targets"], rows["positions"], rows["segment_ids"] (packing.TRAIN_ROW_FIELDS),
+  at `temperature`."""
+  return M.token_logprobs(
+      model_config,
+      params,
+      rows["tokens"],
+      rows["targets"],
+      positions=rows["positions"],
+      segment_ids=rows["segment_ids"],
+      sharding=sharding,
+      temperature=temperature,
+      with_entropy=with_entropy,
+  )
+
+
 def _sum_metrics(a: Mapping[str, Array], b: Mapping[str, Array]) -> dict:
   return {k: a[k] + b[k] for k in a}
 
