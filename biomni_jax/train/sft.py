@@ -280,6 +280,18 @@ class SFTSettings:
       )
     return s
 
+  def layout_rows(self, data: Sequence[Trajectory | str], tokenizer) -> dict[str, np.ndarray]:
+    """build_rows of `data` as this section lays rows out: seq_len tokens, packed or one example per
+    row, the overlong policy, a multiple of batch_size rows (training and held-out rows alike)."""
+    return build_rows(
+        data,
+        tokenizer,
+        seq_len=self.seq_len,
+        pack=self.pack,
+        rows_multiple_of=self.batch_size,
+        overlong=self.overlong,
+    )
+
 
 def train_sft(config, workdir: str) -> dict[str, Any]:
   """Run (or resume) SFT as `config` says, in `workdir`. Returns a summary (steps, losses, throughput)."""
@@ -300,14 +312,7 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
       config, workdir, sharding, corpus=lambda: tokenizer_corpus(train)
   )
 
-  rows = build_rows(
-      train,
-      tokenizer,
-      seq_len=s.seq_len,
-      pack=s.pack,
-      rows_multiple_of=s.batch_size,
-      overlong=s.overlong,
-  )
+  rows = s.layout_rows(train, tokenizer)
   iterator = BatchIterator(
       rows,
       s.batch_size,
@@ -336,14 +341,7 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
         data_format,
         "data.eval_path",
     )
-    eval_rows = build_rows(
-        held_out,
-        tokenizer,
-        seq_len=s.seq_len,
-        pack=s.pack,
-        rows_multiple_of=s.batch_size,
-        overlong=s.overlong,
-    )
+    eval_rows = s.layout_rows(held_out, tokenizer)
     eval_step = make_eval_step(model_cfg, sharding, s.aggregation, token_sum_norm=s.seq_len)
 
   fingerprint = rows_fingerprint(rows)
