@@ -31,7 +31,7 @@ def get_config():
   rl.rollout.max_context_tokens = 49_152
   rl.rollout.max_concurrent_episodes = 512
   rl.engine.max_len = 53_248
-  # 32B weights take 16.4 GiB per chip; the KV cache gets what is left.
+  # 32B weights take 15.3 GiB per chip (tensor=4); the KV cache gets what is left.
   rl.engine.num_slots = 8
   rl.sandbox_workers = 128
   c.mesh.fsdp = 16
