@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
+from biomni_jax import cli
 from biomni_jax.data.task_manifest import append_row, load_finished, manifest_path, manifest_row
 from biomni_jax.data.teachers import TEACHERS, TeacherError, TeacherFactory, make_teacher_factory
 from biomni_jax.data.trajectory import Trajectory, append_jsonl
@@ -421,7 +422,6 @@ def generate_sft_data(
 
 PROGRAM = "python -m biomni_jax.data.rejection_sampling"
 USAGE_ERROR = 2
-HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 
 
 class UsageError(ValueError):
@@ -457,14 +457,7 @@ def define_flags(fv) -> None:
 
 def parse_args(argv: Sequence[str]):
   """The parsed flags of `argv` (without the program name); UsageError names what is wrong."""
-  fv = flags.FlagValues()
-  define_flags(fv)
-  try:
-    rest = fv([PROGRAM, *argv])
-  except flags.Error as e:
-    raise UsageError(" ".join(str(e).split())) from None
-  if len(rest) > 1:
-    raise UsageError(f"unexpected positional arguments {rest[1:]}")
+  fv = cli.parse_flags(PROGRAM, argv, define_flags, UsageError)
   if not fv.out:
     raise UsageError("--out is required (the output .jsonl)")
   unknown = [f for f in fv.families if f not in family_names()]
@@ -516,10 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   status 2.
   """
   argv = sys.argv[1:] if argv is None else list(argv)
-  if any(a in HELP_FLAGS for a in argv):
-    fv = flags.FlagValues()
-    define_flags(fv)
-    print(f"{__doc__}\nflags:\n{fv.get_help(include_special_flags=False)}")
+  if cli.asks_for_help(argv):
+    print(cli.help_text(__doc__, define_flags))
     return 0
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   try:

@@ -23,13 +23,13 @@ from typing import Optional, Sequence
 
 from absl import flags
 
+from biomni_jax import cli
 from biomni_jax.eval import evaluate, harness
 from biomni_jax.eval.agents import AgentLoadError, load_hf_agent, load_run_agent
 from biomni_jax.eval.tasks import EMBEDDED, EvalInputError
 
 USAGE_ERROR = 2
 PROGRAM = "python -m biomni_jax.eval"
-HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 AGENT_FLAGS = ("checkpoint", "hf", "agent")
 
 
@@ -82,14 +82,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def parse_args(argv: Sequence[str]) -> flags.FlagValues:
   """The parsed flags of `argv` (without the program name); EvalInputError names what is wrong."""
-  fv = flags.FlagValues()
-  define_flags(fv)
-  try:
-    rest = fv([PROGRAM, *argv])
-  except flags.Error as e:
-    raise EvalInputError(" ".join(str(e).split())) from None
-  if len(rest) > 1:
-    raise EvalInputError(f"unexpected positional arguments {rest[1:]}")
+  fv = cli.parse_flags(PROGRAM, argv, define_flags, EvalInputError)
   given = [f"--{name}" for name in AGENT_FLAGS if fv[name].value is not None]
   if len(given) != 1:
     raise EvalInputError(
@@ -138,10 +131,8 @@ def run(args) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
-  if any(a in HELP_FLAGS for a in argv):
-    fv = flags.FlagValues()
-    define_flags(fv)
-    print(f"{__doc__}\nflags:\n{fv.get_help(include_special_flags=False)}")
+  if cli.asks_for_help(argv):
+    print(cli.help_text(__doc__, define_flags))
     return 0
   try:
     args = parse_args(argv)
