@@ -60,6 +60,12 @@ def _run_model_source(workdir: str) -> tuple[dict, str]:
   return config, tokenizer_dir
 
 
+def _require_file(directory: str, name: str, flag: str, hint: str) -> None:
+  """AgentLoadError "<flag>: '<directory>' has no <name>; <hint>" unless directory/name is a file."""
+  if not os.path.isfile(os.path.join(directory, name)):
+    raise AgentLoadError(f"{flag}: {directory!r} has no {name}; {hint}")
+
+
 def load_run_agent(workdir: str, step: int | None = None) -> ModelAgent:
   """The params of a run's checkpoint (newest unless `step`), with its model config and tokenizer."""
   import jax
@@ -75,11 +81,12 @@ def load_run_agent(workdir: str, step: int | None = None) -> ModelAgent:
         f"--checkpoint: {workdir!r} does not exist; expected the workdir of a biomni_jax SFT or "
         f"RL run (with config.json and checkpoints/)"
     )
-  if not os.path.isfile(os.path.join(workdir, "config.json")):
-    raise AgentLoadError(
-        f"--checkpoint: {workdir!r} has no config.json; expected the workdir of a biomni_jax "
-        f"run (for a Hugging Face model directory use --hf)"
-    )
+  _require_file(
+      workdir,
+      "config.json",
+      "--checkpoint",
+      "expected the workdir of a biomni_jax run (for a Hugging Face model directory use --hf)",
+  )
   config, tokenizer_dir = _run_model_source(workdir)
   if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
     raise AgentLoadError(
@@ -92,9 +99,8 @@ def load_run_agent(workdir: str, step: int | None = None) -> ModelAgent:
   )
   checkpoints = os.path.join(os.path.abspath(workdir), "checkpoints")  # orbax wants absolute paths
   step = _newest_step(checkpoints) if step is None else step
-  with (
-      warnings.catch_warnings()
-  ):  # params restore onto this process's default device: no sharding to give
+  # The params restore onto this process's default device: there is no sharding to give.
+  with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Sharding info not provided when restoring")
     state = ocp.PyTreeCheckpointer().restore(os.path.join(checkpoints, str(step), "state"))
   params = jax.tree.map(np.asarray, state["params"])
@@ -106,15 +112,13 @@ def load_hf_agent(path: str) -> ModelAgent:
   from biomni_jax.data.tokenizer import load_tokenizer
   from biomni_jax.model.hf_io import load_hf_checkpoint
 
-  if not os.path.isfile(os.path.join(path, "config.json")):
-    raise AgentLoadError(
-        f"--hf: {path!r} has no config.json; expected a Hugging Face Qwen3 directory "
-        f"(config.json, model*.safetensors, tokenizer.json)"
-    )
-  if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-    raise AgentLoadError(
-        f"--hf: {path!r} has no tokenizer.json; copy the model's tokenizer files next to it"
-    )
+  _require_file(
+      path,
+      "config.json",
+      "--hf",
+      "expected a Hugging Face Qwen3 directory (config.json, model*.safetensors, tokenizer.json)",
+  )
+  _require_file(path, "tokenizer.json", "--hf", "copy the model's tokenizer files next to it")
   model_cfg, params = load_hf_checkpoint(path)
   return ModelAgent(model_cfg, params, load_tokenizer(path), path)
 

@@ -85,48 +85,25 @@ def _lm_head_out(w, c):  # ours [E, Vp] -> HF [V, E]
 _Q_HEADS = _heads_in(lambda c: c.num_attention_heads)
 _KV_HEADS = _heads_in(lambda c: c.num_key_value_heads)
 
+
+def _layer_entry(module: str, leaf: str, to_ours, to_hf) -> _Entry:
+  """A decoder layer's tensor: HF `model.layers.{i}.<module>.weight` <-> ours ("layers", *module, leaf)."""
+  return _Entry(f"{_LAYER}{module}.weight", ("layers", *module.split("."), leaf), to_ours, to_hf)
+
+
 _KEY_MAP: tuple[_Entry, ...] = (
     _Entry("model.embed_tokens.weight", ("embed_tokens", "embedding"), _vocab_in, _vocab_out),
-    _Entry(_LAYER + "input_layernorm.weight", ("layers", "input_layernorm", "scale"), _same, _same),
-    _Entry(
-        _LAYER + "self_attn.q_proj.weight",
-        ("layers", "self_attn", "q_proj", "kernel"),
-        _Q_HEADS,
-        _heads_out,
-    ),
-    _Entry(
-        _LAYER + "self_attn.k_proj.weight",
-        ("layers", "self_attn", "k_proj", "kernel"),
-        _KV_HEADS,
-        _heads_out,
-    ),
-    _Entry(
-        _LAYER + "self_attn.v_proj.weight",
-        ("layers", "self_attn", "v_proj", "kernel"),
-        _KV_HEADS,
-        _heads_out,
-    ),
-    _Entry(
-        _LAYER + "self_attn.o_proj.weight",
-        ("layers", "self_attn", "o_proj", "kernel"),
-        _o_in,
-        _o_out,
-    ),
-    _Entry(
-        _LAYER + "self_attn.q_norm.weight", ("layers", "self_attn", "q_norm", "scale"), _same, _same
-    ),
-    _Entry(
-        _LAYER + "self_attn.k_norm.weight", ("layers", "self_attn", "k_norm", "scale"), _same, _same
-    ),
-    _Entry(
-        _LAYER + "post_attention_layernorm.weight",
-        ("layers", "post_attention_layernorm", "scale"),
-        _same,
-        _same,
-    ),
-    _Entry(_LAYER + "mlp.gate_proj.weight", ("layers", "mlp", "gate_proj", "kernel"), _t, _t),
-    _Entry(_LAYER + "mlp.up_proj.weight", ("layers", "mlp", "up_proj", "kernel"), _t, _t),
-    _Entry(_LAYER + "mlp.down_proj.weight", ("layers", "mlp", "down_proj", "kernel"), _t, _t),
+    _layer_entry("input_layernorm", "scale", _same, _same),
+    _layer_entry("self_attn.q_proj", "kernel", _Q_HEADS, _heads_out),
+    _layer_entry("self_attn.k_proj", "kernel", _KV_HEADS, _heads_out),
+    _layer_entry("self_attn.v_proj", "kernel", _KV_HEADS, _heads_out),
+    _layer_entry("self_attn.o_proj", "kernel", _o_in, _o_out),
+    _layer_entry("self_attn.q_norm", "scale", _same, _same),
+    _layer_entry("self_attn.k_norm", "scale", _same, _same),
+    _layer_entry("post_attention_layernorm", "scale", _same, _same),
+    _layer_entry("mlp.gate_proj", "kernel", _t, _t),
+    _layer_entry("mlp.up_proj", "kernel", _t, _t),
+    _layer_entry("mlp.down_proj", "kernel", _t, _t),
     _Entry("model.norm.weight", ("norm", "scale"), _same, _same),
     _Entry("lm_head.weight", ("lm_head",), _lm_head_in, _lm_head_out),
 )
