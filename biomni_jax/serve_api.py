@@ -230,12 +230,19 @@ class Choice(BaseModel):
   finish_reason: FinishReason
 
 
-class ChatCompletion(BaseModel):
+class CompletionEnvelope(BaseModel):
+  """The fields a chat completion and each of its streamed chunks share (in OpenAI's order); the
+  subclasses fix `object`."""
+
   id: str
-  object: Literal["chat.completion"] = "chat.completion"
+  object: str
   created: int
   model: str
   system_fingerprint: None = None
+
+
+class ChatCompletion(CompletionEnvelope):
+  object: Literal["chat.completion"] = "chat.completion"
   choices: list[Choice]
   usage: Usage
 
@@ -252,12 +259,8 @@ class ChunkChoice(BaseModel):
   finish_reason: Optional[FinishReason] = None
 
 
-class ChatCompletionChunk(BaseModel):
-  id: str
+class ChatCompletionChunk(CompletionEnvelope):
   object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-  created: int
-  model: str
-  system_fingerprint: None = None
   choices: list[ChunkChoice]
   usage: Optional[Usage] = None
 
