@@ -25,7 +25,7 @@ on a re-run, and the long stages resume from their own checkpoints when interrup
 Evaluation: `pipeline.eval.tasks_per_family` val instances of each RL family, `pipeline.eval.samples` episodes
 each, sampled with the RL rollout settings (temperature, limits) and the same seeds for all three models;
 score = the family's official grade. Config sections: everything configs/demo.py has for SFT, plus `rl`
-(configs/demo_rl.py's), `rl_optimizer`, and `pipeline` (teacher, pretrain, eval, sft_overrides).
+(the RL stage; configs/demo_rl.py runs it alone), `rl_optimizer`, and `pipeline` (teacher, pretrain, eval, sft_overrides).
 """
 
 from __future__ import annotations

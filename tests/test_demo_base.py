@@ -77,3 +77,30 @@ def test_the_default_pipeline_starts_sft_from_the_shipped_base(tmp_path):
         ),
         str(tmp_path / "other"),
     )
+
+
+@pytest.mark.slow
+def test_the_documented_command_regenerates_a_base_that_copies(tmp_path):
+  """experiments/make_demo_base.py with a shortened schedule (the induction stage in full, two short
+  longer stages, a few document steps, a small teacher set): the held-out copy accuracy it records
+  reaches the floor at the stages' lengths. About 10 minutes on 2 cores."""
+  import pathlib
+  import subprocess
+  import sys
+
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  out = tmp_path / "base"
+  sets = {
+      "pipeline.pretrain.copy_stages": "[[32, 500], [64, 50], [128, 50]]",
+      "pipeline.pretrain.documents_steps": "20",
+      "pipeline.teacher.train_per_family": "8",
+      "pipeline.teacher.val_per_family": "1",
+  }
+  cmd = [sys.executable, str(repo / "experiments" / "make_demo_base.py")]
+  cmd += [f"--workdir={tmp_path / 'work'}", f"--out={out}"]
+  cmd += [f"--set={k}={v}" for k, v in sets.items()]
+  done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  recorded = json.load(open(out / COPY_ACCURACY_FILE))["held_out_copy_accuracy"]
+  assert min(recorded.values()) >= MIN_COPY_ACCURACY["128"], recorded
+  assert measure_copy_accuracy(str(out), [128], count=8)["128"] >= MIN_COPY_ACCURACY["128"]
