@@ -7,7 +7,7 @@ work starts, with a message naming the dotted field, what was expected and what 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from biomni_jax.model.config import ModelConfig, get_preset
 
@@ -113,3 +113,21 @@ def sibling_config(config_file: str, name: str):
   import os
 
   return load_config_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), name))
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+  """`key=value` strings (a script's repeated --set flag) as dotted overrides for `load_config_file`:
+  each value is a Python literal if it parses as one ("3", "[[32, 500]]", "'x'"), else the string.
+  """
+  import ast
+
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ConfigError(f"config override {item!r}: expected key=value")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out

@@ -20,7 +20,7 @@ import time
 
 from absl import app, flags
 
-from biomni_jax.config_utils import load_config_file
+from biomni_jax.config_utils import load_config_file, parse_overrides
 
 _SFT = flags.DEFINE_string("sft_workdir", None, "workdir of a configs/demo.py SFT run")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the RL runs go (one subdirectory per seed)")
@@ -95,18 +95,11 @@ def evaluate(
 
 def main(argv):
   del argv
-  import ast
   import numpy as np
   from biomni_jax.sharding import ShardingRules, make_mesh
   from biomni_jax.train import rl_run
 
-  overrides = {}
-  for item in _OVERRIDES.value:
-    key, value = item.split("=", 1)
-    try:
-      overrides[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      overrides[key] = value
+  overrides = parse_overrides(_OVERRIDES.value)
   base = demo_config(
       **{
           "rl.init_from_sft": os.path.abspath(_SFT.value),

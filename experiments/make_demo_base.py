@@ -12,7 +12,6 @@ per example length as one JSON line.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import pathlib
@@ -35,16 +34,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def main(argv):
   del argv
   from biomni_jax import pipeline
-  from biomni_jax.config_utils import load_config_file
+  from biomni_jax.config_utils import load_config_file, parse_overrides
   from biomni_jax.train.base_model import copy_base
 
-  overrides = {"pipeline.pretrain.base": "train"}
-  for item in _SET.value:
-    key, value = item.split("=", 1)
-    try:
-      overrides[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      overrides[key] = value
+  overrides = {"pipeline.pretrain.base": "train", **parse_overrides(_SET.value)}
   config = load_config_file(REPO / "configs" / "demo.py", overrides)
   workdir = os.path.abspath(_WORKDIR.value)
   seconds = {}
