@@ -33,6 +33,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from biomni_jax.cli import asks_for_help, help_text, parse_flags  # noqa: E402
 from biomni_jax.eval import table  # noqa: E402
 
 EVAL1_TASKS = (
@@ -211,18 +212,13 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
-  args = flags.FlagValues()
-  define_flags(args)
-  if any(a in ("-h", "--help", "--helpfull") for a in argv):
-    print(f"{__doc__}\nflags:\n{args.get_help(include_special_flags=False)}")
+  if asks_for_help(argv):
+    print(help_text(__doc__, define_flags))
     return 0
   try:
-    rest = args(["compare_paper.py", *argv])
-  except flags.Error as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    return 2
-  if len(rest) > 1:
-    print(f"error: unexpected positional arguments {rest[1:]}", file=sys.stderr)
+    args = parse_flags("compare_paper.py", argv, define_flags, CompareError)
+  except CompareError as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
   try:
     results = list(args.results)
