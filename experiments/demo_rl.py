@@ -28,6 +28,9 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "RL seeds")
 _STEPS = flags.DEFINE_integer("num_steps", 8, "RL steps (rollout batches) per seed")
 _EVAL_TASKS = flags.DEFINE_integer("eval_tasks_per_family", 8, "val instances per family")
 _EVAL_SAMPLES = flags.DEFINE_integer("eval_samples", 4, "episodes per val instance")
+_EVAL_FAMILIES = flags.DEFINE_list(
+    "eval_families", [], "families evaluated (default: configs/demo_rl.py's rl.task_families)"
+)
 _OVERRIDES = flags.DEFINE_multi_string(
     "set", [], "extra config overrides key=value (python literals)"
 )
@@ -40,7 +43,14 @@ def demo_config(**overrides):
 
 
 def evaluate(
-    config, params, model_cfg, tokenizer, tasks_per_family: int, samples: int, seed: int
+    config,
+    params,
+    model_cfg,
+    tokenizer,
+    families: list[str],
+    tasks_per_family: int,
+    samples: int,
+    seed: int,
 ) -> dict:
   """Mean success / correctness / format of `samples` episodes on each val instance, via the rollout pool."""
   from biomni_jax.env.sandbox import SandboxPool
@@ -57,7 +67,7 @@ def evaluate(
           "seed": seed,
       }
   )
-  eval_cfg.rl.task_families = list(config.rl.task_families)
+  eval_cfg.rl.task_families = list(families)
   eval_cfg.rl.rollout = config.rl.rollout
   tasks = rl_run.build_tasks(eval_cfg)
   settings = rl.RLSettings.from_config(eval_cfg)
@@ -111,11 +121,19 @@ def main(argv):
   model_cfg, sft_params, tokenizer, _ = rl_run.load_sft_run(
       base.rl.init_from_sft, ShardingRules(make_mesh())
   )
+  families_evaluated = _EVAL_FAMILIES.value or list(demo_config().rl.task_families)
   results = {"before": [], "after": [], "rl_seconds": []}
   families = {"before": [], "after": []}
   for seed in [int(s) for s in _SEEDS.value]:
     before = evaluate(
-        base, sft_params, model_cfg, tokenizer, _EVAL_TASKS.value, _EVAL_SAMPLES.value, 1000 + seed
+        base,
+        sft_params,
+        model_cfg,
+        tokenizer,
+        families_evaluated,
+        _EVAL_TASKS.value,
+        _EVAL_SAMPLES.value,
+        1000 + seed,
     )
     print(json.dumps({"seed": seed, "when": "before", **before}), flush=True)
     config = demo_config(
@@ -135,6 +153,7 @@ def main(argv):
         summary["state"].params,
         model_cfg,
         tokenizer,
+        families_evaluated,
         _EVAL_TASKS.value,
         _EVAL_SAMPLES.value,
         1000 + seed,

@@ -1,7 +1,9 @@
-"""Greedy evaluation episodes of a tiny random model on a sampler mesh: prints them as JSON.
+"""Greedy evaluation episodes of a tiny random model on several sampler meshes: prints them as JSON.
 
-Run by tests/eval/test_eval_meshes.py with 2 simulated CPU devices:
-    python tests/eval/eval_mesh_check.py --data=1 --tensor=2 --workdir=W
+Run by tests/eval/test_eval_meshes.py with 4 simulated CPU devices, one process for every mesh (the
+tokenizer, tasks and model are built once):
+    python tests/eval/eval_mesh_check.py --meshes=1x1,2x1,1x2 --workdir=W
+prints {"1x1": [[instance_id, sample_index, messages], ...], "2x1": ..., ...}, a mesh named data x tensor.
 """
 
 import argparse
@@ -11,11 +13,10 @@ import os
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--data", type=int, default=1)
-  parser.add_argument("--tensor", type=int, default=1)
+  parser.add_argument("--meshes", default="1x1,2x1,1x2", help="data x tensor sampler meshes")
   parser.add_argument("--workdir", required=True)
   args = parser.parse_args()
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
   import jax
 
   from biomni_jax import model as M
@@ -29,20 +30,24 @@ def main():
   params = M.init_params(config, jax.random.key(0))
   agent = ModelAgent(config, params, tokenizer, source="random")
   instances, environments = load_embedded(["sequence_qa", "locus_causal_gene"], "val", 2)
-  settings = harness.ModelEvalSettings(
-      temperature=0.0,
-      max_turns=2,
-      max_new_tokens_per_turn=24,
-      max_context_tokens=1024,
-      num_slots=4,
-      max_len=1200,
-      max_prefill_chunk=128,
-      sandbox_workers=1,
-      mesh_data=args.data,
-      mesh_tensor=args.tensor,
-  )
-  records = harness.run_model(agent, instances, environments, 2, settings)
-  print(json.dumps([[r.instance_id, r.sample_index, r.messages] for r in records]))
+  episodes = {}
+  for mesh in args.meshes.split(","):
+    data, tensor = (int(size) for size in mesh.split("x"))
+    settings = harness.ModelEvalSettings(
+        temperature=0.0,
+        max_turns=2,
+        max_new_tokens_per_turn=24,
+        max_context_tokens=1024,
+        num_slots=4,
+        max_len=1200,
+        max_prefill_chunk=128,
+        sandbox_workers=1,
+        mesh_data=data,
+        mesh_tensor=tensor,
+    )
+    records = harness.run_model(agent, instances, environments, 2, settings)
+    episodes[mesh] = [[r.instance_id, r.sample_index, r.messages] for r in records]
+  print(json.dumps(episodes))
 
 
 if __name__ == "__main__":
