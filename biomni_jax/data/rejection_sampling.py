@@ -39,7 +39,7 @@ from absl import flags
 from biomni_jax import cli
 from biomni_jax.data.task_manifest import append_row, load_finished, manifest_path, manifest_row
 from biomni_jax.data.teachers import TEACHERS, TeacherError, TeacherFactory, make_teacher_factory
-from biomni_jax.data.trajectory import Trajectory, append_jsonl
+from biomni_jax.data.trajectory import Trajectory, append_jsonl, read_jsonl, write_jsonl
 from biomni_jax.env import eval1, protocol
 from biomni_jax.env.environment import (
     COMMON_TOOLS,
@@ -253,6 +253,22 @@ def _stats(rows: list[dict]) -> dict[str, float]:
   }
 
 
+def write_in_task_order(path: str, instances: Sequence[TaskInstance]) -> None:
+  """Rewrite `path` (atomically) with its trajectories in the order of `instances`, then any others in
+  their file order. Rollouts finish, and are appended, in whatever order the threads run; the SFT data,
+  and so the model trained on it, must not depend on that."""
+  if not os.path.exists(path):
+    return
+  order = {(x.task_name, x.instance_id): i for i, x in enumerate(instances)}
+  trajectories = read_jsonl(path)
+  ordered = sorted(  # stable: trajectories of other requests keep their order, after these
+      trajectories,
+      key=lambda t: order.get((t.task.get("task_name"), t.task.get("instance_id")), len(order)),
+  )
+  if any(a is not b for a, b in zip(ordered, trajectories)):
+    write_jsonl(path, ordered)
+
+
 def generate_sft_data(
     families: Sequence[str],
     split: str,
@@ -383,6 +399,7 @@ def generate_sft_data(
         f"first error: {first_error}"
     )
 
+  write_in_task_order(out_path, instances)
   done = [finished[k] for k in sorted(requested) if k in finished]
   overall = _stats(done)
   per_family = {name: _stats([r for r in done if r["task_name"] == name]) for name in families}

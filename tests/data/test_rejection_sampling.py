@@ -381,3 +381,43 @@ def test_a_run_in_which_every_task_fails_raises(pool, tmp_path):
         ["sequence_qa"], "train", 2, 1, broken, tmp_path / "o.jsonl", pool, progress=False
     )
   assert rs.load_finished(tmp_path / "o.jsonl") == {}
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+class _ReverseFinishing(ScriptedTeacherFactory):
+  """The scripted expert, slower for earlier instances: with several workers, later tasks finish (and
+  are appended) first."""
+
+  def __call__(self, instance, k):
+    expert = super().__call__(instance, k)
+    delay = 0.05 * (4 - int(instance.instance_id.rsplit("/", 1)[-1]))
+    return lambda messages: (time.sleep(max(delay, 0.0)), expert(messages))[1]
+
+
+def test_the_data_file_is_in_task_order_whatever_order_rollouts_finish_in(pool, tmp_path):
+  out = tmp_path / "ordered.jsonl"
+  rs.generate_sft_data(
+      ["sequence_qa"],
+      "train",
+      4,
+      1,
+      _ReverseFinishing(),
+      out,
+      pool,
+      min_reward=0.0,
+      concurrency=4,
+      progress=False,
+  )
+  finished = [json.loads(line)["instance_id"] for line in open(rs.manifest_path(out))]
+  expected = [x.instance_id for x in get_family("sequence_qa").instances("train", 4)]
+  assert finished != expected  # the rollouts really finished out of order
+  assert [t.task["instance_id"] for t in read_jsonl(out)] == expected
+  # A resumed run that adds tasks keeps the file in task order too.
+  rs.generate_sft_data(
+      ["sequence_qa"], "train", 6, 1, _ReverseFinishing(), out, pool, min_reward=0.0, progress=False
+  )
+  assert [t.task["instance_id"] for t in read_jsonl(out)] == [
+      x.instance_id for x in get_family("sequence_qa").instances("train", 6)
+  ]
