@@ -386,14 +386,30 @@ def test_a_run_in_which_every_task_fails_raises(pool, tmp_path):
 # ----------------------------------------------------------------------------- determinism
 
 
-class _ReverseFinishing(ScriptedTeacherFactory):
-  """The scripted expert, slower for earlier instances: with several workers, later tasks finish (and
-  are appended) first."""
+class _FirstFinishesLast(ScriptedTeacherFactory):
+  """The scripted expert, except that instance 0 replies only once the other `wait_for` tasks are in the
+  manifest: the rollouts finish out of task order, whatever the scheduling."""
+
+  def __init__(self, manifest, wait_for):
+    super().__init__()
+    self.manifest, self.wait_for = manifest, wait_for
 
   def __call__(self, instance, k):
     expert = super().__call__(instance, k)
-    delay = 0.05 * (4 - int(instance.instance_id.rsplit("/", 1)[-1]))
-    return lambda messages: (time.sleep(max(delay, 0.0)), expert(messages))[1]
+    if not instance.instance_id.endswith("/0"):
+      return expert
+
+    def reply(messages):
+      deadline = time.monotonic() + 60
+      while time.monotonic() < deadline and _rows(self.manifest) < self.wait_for:
+        time.sleep(0.02)
+      return expert(messages)
+
+    return reply
+
+
+def _rows(path):
+  return len(open(path).readlines()) if os.path.exists(path) else 0
 
 
 def test_the_data_file_is_in_task_order_whatever_order_rollouts_finish_in(pool, tmp_path):
@@ -403,7 +419,7 @@ def test_the_data_file_is_in_task_order_whatever_order_rollouts_finish_in(pool, 
       "train",
       4,
       1,
-      _ReverseFinishing(),
+      _FirstFinishesLast(rs.manifest_path(out), 3),
       out,
       pool,
       min_reward=0.0,
@@ -412,11 +428,19 @@ def test_the_data_file_is_in_task_order_whatever_order_rollouts_finish_in(pool, 
   )
   finished = [json.loads(line)["instance_id"] for line in open(rs.manifest_path(out))]
   expected = [x.instance_id for x in get_family("sequence_qa").instances("train", 4)]
-  assert finished != expected  # the rollouts really finished out of order
+  assert finished[-1] == expected[0] and sorted(finished) == sorted(expected)  # out of task order
   assert [t.task["instance_id"] for t in read_jsonl(out)] == expected
   # A resumed run that adds tasks keeps the file in task order too.
   rs.generate_sft_data(
-      ["sequence_qa"], "train", 6, 1, _ReverseFinishing(), out, pool, min_reward=0.0, progress=False
+      ["sequence_qa"],
+      "train",
+      6,
+      1,
+      _FirstFinishesLast(rs.manifest_path(out), 0),
+      out,
+      pool,
+      min_reward=0.0,
+      progress=False,
   )
   assert [t.task["instance_id"] for t in read_jsonl(out)] == [
       x.instance_id for x in get_family("sequence_qa").instances("train", 6)
