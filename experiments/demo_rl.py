@@ -125,16 +125,20 @@ def main(argv):
   results = {"before": [], "after": [], "rl_seconds": []}
   families = {"before": [], "after": []}
   for seed in [int(s) for s in _SEEDS.value]:
-    before = evaluate(
-        base,
-        sft_params,
-        model_cfg,
-        tokenizer,
-        families_evaluated,
-        _EVAL_TASKS.value,
-        _EVAL_SAMPLES.value,
-        1000 + seed,
-    )
+
+    def held_out(params):  # the same val episodes (sampling seed) before and after this seed's RL
+      return evaluate(
+          base,
+          params,
+          model_cfg,
+          tokenizer,
+          families_evaluated,
+          _EVAL_TASKS.value,
+          _EVAL_SAMPLES.value,
+          1000 + seed,
+      )
+
+    before = held_out(sft_params)
     print(json.dumps({"seed": seed, "when": "before", **before}), flush=True)
     config = demo_config(
         **{
@@ -148,16 +152,7 @@ def main(argv):
     t0 = time.time()
     summary = rl_run.train_rl(config, os.path.join(_WORKDIR.value, f"seed{seed}"))
     results["rl_seconds"].append(time.time() - t0)
-    after = evaluate(
-        base,
-        summary["state"].params,
-        model_cfg,
-        tokenizer,
-        families_evaluated,
-        _EVAL_TASKS.value,
-        _EVAL_SAMPLES.value,
-        1000 + seed,
-    )
+    after = held_out(summary["state"].params)
     print(
         json.dumps({"seed": seed, "when": "after", "train_rewards": summary["rewards"], **after}),
         flush=True,

@@ -414,34 +414,30 @@ def _rows(path):
 
 def test_the_data_file_is_in_task_order_whatever_order_rollouts_finish_in(pool, tmp_path):
   out = tmp_path / "ordered.jsonl"
-  rs.generate_sft_data(
-      ["sequence_qa"],
-      "train",
-      4,
-      1,
-      _FirstFinishesLast(rs.manifest_path(out), 3),
-      out,
-      pool,
-      min_reward=0.0,
-      concurrency=4,
-      progress=False,
-  )
-  finished = [json.loads(line)["instance_id"] for line in open(rs.manifest_path(out))]
-  expected = [x.instance_id for x in get_family("sequence_qa").instances("train", 4)]
-  assert finished[-1] == expected[0] and sorted(finished) == sorted(expected)  # out of task order
-  assert [t.task["instance_id"] for t in read_jsonl(out)] == expected
+  manifest = rs.manifest_path(out)
+
+  def sample(tasks, wait_for):  # -> the data file's instance ids
+    factory = _FirstFinishesLast(manifest, wait_for)
+    rs.generate_sft_data(
+        ["sequence_qa"],
+        "train",
+        tasks,
+        1,
+        factory,
+        out,
+        pool,
+        min_reward=0.0,
+        concurrency=4,
+        progress=False,
+    )
+    return [t.task["instance_id"] for t in read_jsonl(out)]
+
+  def task_order(tasks):
+    return [x.instance_id for x in get_family("sequence_qa").instances("train", tasks)]
+
+  written = sample(4, wait_for=3)
+  finished = [json.loads(line)["instance_id"] for line in open(manifest)]
+  assert finished[-1] == task_order(4)[0] and sorted(finished) == task_order(4)  # out of task order
+  assert written == task_order(4)
   # A resumed run that adds tasks keeps the file in task order too.
-  rs.generate_sft_data(
-      ["sequence_qa"],
-      "train",
-      6,
-      1,
-      _FirstFinishesLast(rs.manifest_path(out), 0),
-      out,
-      pool,
-      min_reward=0.0,
-      progress=False,
-  )
-  assert [t.task["instance_id"] for t in read_jsonl(out)] == [
-      x.instance_id for x in get_family("sequence_qa").instances("train", 6)
-  ]
+  assert sample(6, wait_for=0) == task_order(6)
