@@ -124,21 +124,21 @@ def main(argv):
   families_evaluated = _EVAL_FAMILIES.value or list(demo_config().rl.task_families)
   results = {"before": [], "after": [], "rl_seconds": []}
   families = {"before": [], "after": []}
+
+  def held_out(params, seed):  # the same val episodes (sampling seed) before and after a seed's RL
+    return evaluate(
+        base,
+        params,
+        model_cfg,
+        tokenizer,
+        families_evaluated,
+        _EVAL_TASKS.value,
+        _EVAL_SAMPLES.value,
+        1000 + seed,
+    )
+
   for seed in [int(s) for s in _SEEDS.value]:
-
-    def held_out(params):  # the same val episodes (sampling seed) before and after this seed's RL
-      return evaluate(
-          base,
-          params,
-          model_cfg,
-          tokenizer,
-          families_evaluated,
-          _EVAL_TASKS.value,
-          _EVAL_SAMPLES.value,
-          1000 + seed,
-      )
-
-    before = held_out(sft_params)
+    before = held_out(sft_params, seed)
     print(json.dumps({"seed": seed, "when": "before", **before}), flush=True)
     config = demo_config(
         **{
@@ -152,7 +152,7 @@ def main(argv):
     t0 = time.time()
     summary = rl_run.train_rl(config, os.path.join(_WORKDIR.value, f"seed{seed}"))
     results["rl_seconds"].append(time.time() - t0)
-    after = held_out(summary["state"].params)
+    after = held_out(summary["state"].params, seed)
     print(
         json.dumps({"seed": seed, "when": "after", "train_rewards": summary["rewards"], **after}),
         flush=True,
