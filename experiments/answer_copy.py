@@ -6,7 +6,7 @@
 Fresh val-split tasks of each family are solved by the scripted expert (best of 2, as the demo's teacher
 data); on each kept trajectory the model reads the conversation and predicts every answer token from the
 true prefix (argmax). --where=solution scores the answer inside the final `<solution>` block (what the
-agent must write: a copy of the line its code printed after `answer:`); --where=observation scores that
+agent must write: a copy of the line its code printed after `answer ->`); --where=observation scores that
 printed line itself, inside the tool output (what a base pretrained on tool outputs could predict from the
 ranked rows above it). Printed per family: accuracy of the first answer token, of the others, and the
 fraction of answers right in every token. Val instances never share an answer with train ones, so a
@@ -25,6 +25,8 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
+from biomni_jax.env.experts import ANSWER_MARKER
+
 _MODEL = flags.DEFINE_string(
     "model", None, "a run workdir (config.json + checkpoints/) or a Hugging Face dir"
 )
@@ -38,7 +40,7 @@ _FAMILIES = flags.DEFINE_list(
     "task families",
 )
 
-ANSWER_MARK = "answer:\n"
+ANSWER_MARK = ANSWER_MARKER + "\n"
 
 
 def answer_span(text: str, where: str) -> tuple[int, int] | None:

@@ -7,7 +7,13 @@ import pytest
 
 from biomni_jax.env import protocol
 from biomni_jax.env.episode import result, run_episode
-from biomni_jax.env.experts import SOLVERS, InProcessExecutor, RandomCandidateAgent, ScriptedExpert
+from biomni_jax.env.experts import (
+    ANSWER_MARKER,
+    SOLVERS,
+    InProcessExecutor,
+    RandomCandidateAgent,
+    ScriptedExpert,
+)
 from biomni_jax.env.tasks import get_family, sandbox_setup_code
 from biomni_jax.env.tools import import_strings, tool_specs
 
@@ -127,8 +133,8 @@ def test_experts_through_the_real_sandbox(n):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_main_call_prints_the_solution_last_on_its_own_line(name):
-  """The answer a correct expert submits is the observation's last line, after an `answer:` line, so the
-  text to copy sits at a fixed distance before the solution and tokenizes the same in both places.
+  """The answer a correct expert submits is the observation's last line, after the ANSWER_MARKER line,
+  so the text to copy sits at a fixed distance before the solution and tokenizes the same in both places.
   """
   _, episodes, scores = _play(name, ScriptedExpert(name, mistake_rate=0.0, seed=0), n=20)
   checked = 0
@@ -138,6 +144,35 @@ def test_main_call_prints_the_solution_last_on_its_own_line(name):
     observation = ep.messages[-2]["content"]
     body = observation.removeprefix("<observation>").removesuffix("</observation>").rstrip("\n")
     lines = body.split("\n")
-    assert lines[-2:] == ["answer:", ep.solution], (name, lines[-3:], ep.solution)
+    assert lines[-2:] == [ANSWER_MARKER, ep.solution], (name, lines[-3:], ep.solution)
     checked += 1
   assert checked >= 19
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_answer_follows_the_same_token_in_the_observation_and_the_solution(name):
+  """With the demo's tokenizer the printed answer and the solution's answer are the same tokens after
+  the same token (`>\n`), so a copy can find the answer's first token by the token before it."""
+  from biomni_jax.data.tokenizer import load_tokenizer
+  from biomni_jax.train.base_model import DEMO_BASE
+
+  tokenizer = load_tokenizer(DEMO_BASE)
+  _, episodes, scores = _play(name, ScriptedExpert(name, mistake_rate=0.0, seed=0), n=5)
+  checked = 0
+  for ep, score in zip(episodes, scores):
+    if score != 1.0:
+      continue
+    # Both copies end a line (before `</observation>` and `</solution>`); a BPE merges the newline.
+    answer = tokenizer.encode(ep.solution + "\n", add_special_tokens=False)
+    spans = []
+    for text in (ep.messages[-2]["content"], ep.messages[-1]["content"]):
+      ids = tokenizer.encode(text, add_special_tokens=False)
+      starts = [i for i in range(1, len(ids)) if ids[i : i + len(answer)] == answer]
+      assert starts, (name, text[-200:])
+      spans.append(ids[starts[-1] - 1])
+    assert spans[0] == spans[1] == tokenizer.encode(">\n", add_special_tokens=False)[0], (
+        name,
+        [tokenizer.decode([t]) for t in spans],
+    )
+    checked += 1
+  assert checked >= 4

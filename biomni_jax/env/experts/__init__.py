@@ -3,9 +3,10 @@ tools (think, execute tool code, read the observation, answer), with seeded stoc
 
 from biomni_jax.env.experts.agent import RandomCandidateAgent, ScriptedExpert, make_expert
 from biomni_jax.env.experts.executor import InProcessExecutor
-from biomni_jax.env.experts.solvers import RESULT_MARKER, SOLVERS
+from biomni_jax.env.experts.solvers import ANSWER_MARKER, RESULT_MARKER, SOLVERS
 
 __all__ = [
+    "ANSWER_MARKER",
     "InProcessExecutor",
     "RESULT_MARKER",
     "RandomCandidateAgent",

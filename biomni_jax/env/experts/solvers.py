@@ -7,9 +7,11 @@ A solver is stateless. For one task prompt it gives:
   ranked(inputs, result) -> candidate answers, best first (the expert answers ranked[0])
 The code reads the task's inputs from the sandbox variable `task_inputs` (tasks/base.py) rather than
 retyping them, and does the comparison work itself (e.g. matching a computed value to the options),
-printing the top candidate last, on the line after an `answer:` line, exactly as the solution spells it:
-the answer then sits at a fixed distance before the solution block and tokenizes the same in both places
-(both follow a newline), the easiest layout we found for a small model that has to copy it (README).
+printing the top candidate last, on the line after an `answer ->` line (ANSWER_MARKER), exactly as the
+solution spells it: the answer then sits at a fixed distance before the solution block, tokenizes the same
+in both places, and follows the same token in both (the BPE's `>\n`, as after `<solution>`), so an
+induction head finds its first token by the one before it: the easiest layout we found for a small model
+that has to copy it (experiments/README.md, "Answers the demo model can copy").
   answer_text(inputs, choice) -> the solution text, exactly as the task asks for it
   sloppy_text(inputs, choice) -> a plausible but mis-formatted answer (graded 0)
   candidates(inputs) -> the candidate set a tool-less guesser would pick from (for the baseline)
@@ -25,6 +27,7 @@ from biomni_jax.env.tasks.base import INPUTS_VARIABLE
 from biomni_jax.registry import Registry
 
 RESULT_MARKER = "== RESULT =="
+ANSWER_MARKER = "answer ->"
 _HPO = re.compile(r"HP:\d{7}")
 _ENSG = re.compile(r"ENSG\d{11}")
 
@@ -46,8 +49,8 @@ def _print_result(expr: str) -> str:
 
 
 def _print_answer(expr: str, nonempty: str) -> str:
-  """The last lines of main_code: `answer:` and then the answer in the task's format, if `nonempty` is."""
-  return f"if {nonempty}:\n    print('answer:')\n    print({expr})"
+  """The last lines of main_code: ANSWER_MARKER, then the answer in the task's format, if `nonempty` is."""
+  return f"if {nonempty}:\n    print({ANSWER_MARKER!r})\n    print({expr})"
 
 
 def _line(prompt: str, label: str) -> str:
@@ -79,22 +82,20 @@ class RareDiseaseSolver:
         "for row in ranking:\n    print(row['rank'], row['omim_id'], row['score'], row['disease_name'])\n"
         + _print_result("[[r['omim_id'], r['disease_name']] for r in ranking]")
         + "\n"
-        + _print_answer(
-            "json.dumps({'disease_name': ranking[0]['disease_name'], "
-            "'OMIM_ID': str(ranking[0]['omim_id'])})",
-            "ranking",
-        )
+        + _print_answer("json.dumps({'OMIM_ID': str(ranking[0]['omim_id'])})", "ranking")
     )
 
   def ranked(self, x, result):
     return [tuple(r) for r in result] if result else None
 
   def answer_text(self, x, choice):
-    return json.dumps({"disease_name": choice[1], "OMIM_ID": str(choice[0])})
+    # The id alone: the official grader reads only OMIM_ID, and a small model copying a 20-90
+    # character disease name derails (experiments/README.md, "Answers the demo model can copy").
+    return json.dumps({"OMIM_ID": str(choice[0])})
 
   def sloppy_text(self, x, choice):
     # The official grader compares OMIM ids with ==, so an int id scores 0.
-    return json.dumps({"disease_name": choice[1], "OMIM_ID": int(choice[0])})
+    return json.dumps({"OMIM_ID": int(choice[0])})
 
   def candidates(self, x):
     kb = get_knowledge_base()
