@@ -74,7 +74,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.sft.shuffle = True
   config.sft.tensorboard = True
   config.sft.progress_bar = True
-  config.sft.fault_injection_pause_s = 0.0  # tests: sleep after each committed checkpoint
 
   config.optimizer = default_optimizer_config()
   config.optimizer.lr = 3e-3

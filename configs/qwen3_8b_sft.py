@@ -62,7 +62,6 @@ def get_config():
   c.sft.shuffle = True
   c.sft.tensorboard = True
   c.sft.progress_bar = True
-  c.sft.fault_injection_pause_s = 0.0
 
   c.optimizer = default_optimizer_config()
   c.optimizer.lr = 1e-5

@@ -221,6 +221,9 @@ def evaluate_loss(
 # ----------------------------------------------------------------------------------------------- the loop
 
 
+PAUSE_AFTER_CHECKPOINT_ENV = "BIOMNI_JAX_PAUSE_AFTER_CHECKPOINT_S"
+
+
 @dataclasses.dataclass(frozen=True)
 class SFTSettings:
   """The `sft` config section. batch_size rows of seq_len tokens per optimizer step, in
@@ -242,7 +245,9 @@ class SFTSettings:
   shuffle: bool
   tensorboard: bool
   progress_bar: bool
-  pause_after_checkpoint_s: float  # fault-injection tests: sleep after each checkpoint
+  # Fault injection for the resume tests, not a config field: the environment variable
+  # PAUSE_AFTER_CHECKPOINT_ENV makes a run sleep this long after each committed checkpoint.
+  pause_after_checkpoint_s: float = 0.0
 
   @classmethod
   def from_config(cls, config) -> "SFTSettings":
@@ -269,9 +274,7 @@ class SFTSettings:
         shuffle=field(config, "sft.shuffle", bool, default=True),
         tensorboard=field(config, "sft.tensorboard", bool, default=True),
         progress_bar=field(config, "sft.progress_bar", bool, default=True),
-        pause_after_checkpoint_s=field(
-            config, "sft.fault_injection_pause_s", (int, float), minimum=0, default=0.0
-        ),
+        pause_after_checkpoint_s=float(os.environ.get(PAUSE_AFTER_CHECKPOINT_ENV, 0.0)),
     )
     if s.batch_size % s.micro_batches:
       raise ConfigError(

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from biomni_jax.train.metrics import read_jsonl_metrics
+from biomni_jax.train.sft import PAUSE_AFTER_CHECKPOINT_ENV
 from tests.train.sft_fixtures import fast_overrides, write_conversations
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -66,7 +67,8 @@ def test_sigkill_after_step_10_then_resume_equals_20_straight_steps(tmp_path):
 
   # The interrupted run sleeps after each committed checkpoint, so the kill lands after step 10 is saved.
   proc = subprocess.Popen(
-      command(resumed, train_path, **{"sft.fault_injection_pause_s": 120}),
+      command(resumed, train_path),
+      env={**os.environ, PAUSE_AFTER_CHECKPOINT_ENV: "120"},
       stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE,
       cwd=ROOT,
