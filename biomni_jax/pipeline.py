@@ -22,9 +22,10 @@ on a re-run, and the long stages resume from their own checkpoints when interrup
   eval_rl       the RL model                                                        -> DIR/eval/rl/
   report        DIR/eval.json (per task: base, sft, rl) and DIR/report.html
 
-Evaluation: `pipeline.eval.tasks_per_family` val instances of each RL family, `pipeline.eval.samples` episodes
-each, sampled with the RL rollout settings (temperature, limits) and the same seeds for all three models;
-score = the family's official grade. Config sections: everything configs/demo.py has for SFT, plus `rl`
+Evaluation: `pipeline.eval.tasks_per_family` val instances of each family the teacher data covers
+(`pipeline.teacher.families`; RL trains on some or all of them, `rl.task_families`), `pipeline.eval.samples`
+episodes each, sampled with the RL rollout settings (temperature, limits) and the same seeds for all three
+models; score = the family's official grade. Config sections: everything configs/demo.py has for SFT, plus `rl`
 (the RL stage; configs/demo_rl.py runs it alone), `rl_optimizer`, and `pipeline` (teacher, pretrain, eval, sft_overrides).
 """
 
@@ -304,7 +305,7 @@ def stage_eval(system: str) -> Callable[[Any, str], dict]:
     from biomni_jax.eval.agents import load_run_agent
     from biomni_jax.eval.tasks import load_embedded
 
-    families = list(field(config, "rl.task_families"))
+    families = list(field(config, "pipeline.teacher.families"))
     instances, envs = load_embedded(
         families,
         field(config, "pipeline.eval.split", str, default="val"),
@@ -367,7 +368,7 @@ def stage_report(config, workdir: str) -> dict:
       system: {t: row[system] for t, row in result["tasks"].items() if system in row}
       for system in SYSTEMS
   }
-  print(table.format_table(scores, list(field(config, "rl.task_families"))), flush=True)
+  print(table.format_table(scores, list(field(config, "pipeline.teacher.families"))), flush=True)
   return {"report": path, "average": result["average"]}
 
 
@@ -401,11 +402,18 @@ def read_marker(workdir: str, stage: str) -> dict:
 def check_config(config) -> None:
   for section in ("rl", "rl_optimizer", "pipeline.teacher", "pipeline.eval"):
     field(config, section)  # a missing section raises ConfigError naming it
-  unknown = set(field(config, "pipeline.teacher.families")) - set(_family_names())
+  taught = field(config, "pipeline.teacher.families")
+  unknown = set(taught) - set(_family_names())
   if unknown:
     raise ConfigError(
         f"config field 'pipeline.teacher.families': unknown {sorted(unknown)}; expected some of "
         f"{_family_names()}"
+    )
+  untaught = set(field(config, "rl.task_families")) - set(taught)
+  if untaught:  # RL from an SFT model that never saw the family's protocol has nothing to improve
+    raise ConfigError(
+        f"config field 'rl.task_families': {sorted(untaught)} not in pipeline.teacher.families "
+        f"{list(taught)}"
     )
 
 
@@ -417,9 +425,9 @@ def _family_names() -> list[str]:
 
 def run_pipeline(config, workdir: str) -> dict:
   """Run the stages not yet done (see the module docstring); returns eval.json's content plus timings."""
+  check_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  check_config(config)
   start = time.monotonic()
   timings = {}
   for i, stage in enumerate(STAGES, start=1):

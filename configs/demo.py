@@ -95,17 +95,15 @@ def get_config() -> ml_collections.ConfigDict:
   rl.init_from_sft = (
       ""  # an SFT run's workdir (configs/demo.py); "" = random init from config.model
   )
-  rl.task_families = [
-      "sequence_qa",
-      "locus_causal_gene",
-      "rare_disease_diagnosis",
-      "patient_gene_detection",
-  ]
+  # The two families SFT leaves room in (held-out success ~0.2 and ~0.9). After SFT the other two succeed
+  # in nearly every sample, so their groups carry no advantage (experiments/README.md, "RL from the demo
+  # SFT model of commit 5d3ad26"); the pipeline still evaluates all four (pipeline.teacher.families).
+  rl.task_families = ["locus_causal_gene", "sequence_qa"]
   rl.tasks_per_family = 16
   rl.task_split = "train"
   rl.task_seed = 0
   rl.epochs = 1
-  rl.num_steps = 4  # 4 rollout batches of 4 tasks x 4 samples: what fits the 20-minute demo
+  rl.num_steps = 8  # 8 rollout batches of 4 tasks x 4 samples: each of the 32 train tasks once
   rl.num_groups = 4  # task instances (prompts) per rollout batch
   rl.group_size = 4  # G trajectories per task
   rl.num_minibatches = 2  # optimizer steps per rollout batch
@@ -145,16 +143,22 @@ def get_config() -> ml_collections.ConfigDict:
   rl.async_checkpoint = True
   rl.tensorboard = True
   rl.progress_bar = True
-  # AdamW (0.9, 0.999), wd 0.01, clip 1.0, constant.
+  # AdamW (0.9, 0.999), wd 0.01, clip 1.0, constant; lr 5e-5: 2e-5 barely moves the policy in 8 steps,
+  # 5e-4 destroys the copying SFT learnt.
   config.rl_optimizer = default_optimizer_config()
-  config.rl_optimizer.lr = 2e-5
+  config.rl_optimizer.lr = 5e-5
 
   pipeline = config.pipeline = ml_collections.ConfigDict()
   pipeline.teacher = ml_collections.ConfigDict(
       dict(
           kind="scripted",
           options=dict(mistake_rate=0.3, seed=0),
-          families=list(config.rl.task_families),
+          families=[
+              "sequence_qa",
+              "locus_causal_gene",
+              "rare_disease_diagnosis",
+              "patient_gene_detection",
+          ],  # also the families the pipeline evaluates
           train_per_family=48,
           val_per_family=2,
           n_samples=2,

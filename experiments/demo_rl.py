@@ -29,7 +29,9 @@ _STEPS = flags.DEFINE_integer("num_steps", 8, "RL steps (rollout batches) per se
 _EVAL_TASKS = flags.DEFINE_integer("eval_tasks_per_family", 8, "val instances per family")
 _EVAL_SAMPLES = flags.DEFINE_integer("eval_samples", 4, "episodes per val instance")
 _EVAL_FAMILIES = flags.DEFINE_list(
-    "eval_families", [], "families evaluated (default: configs/demo_rl.py's rl.task_families)"
+    "eval_families",
+    [],
+    "families evaluated (default: the demo pipeline's, pipeline.teacher.families)",
 )
 _OVERRIDES = flags.DEFINE_multi_string(
     "set", [], "extra config overrides key=value (python literals)"
@@ -121,7 +123,9 @@ def main(argv):
   model_cfg, sft_params, tokenizer, _ = rl_run.load_sft_run(
       base.rl.init_from_sft, ShardingRules(make_mesh())
   )
-  families_evaluated = _EVAL_FAMILIES.value or list(demo_config().rl.task_families)
+  families_evaluated = _EVAL_FAMILIES.value or list(
+      load_config_file(REPO / "configs" / "demo.py").pipeline.teacher.families
+  )
   results = {"before": [], "after": [], "rl_seconds": []}
   families = {"before": [], "after": []}
 

@@ -78,7 +78,7 @@ def test_demo_rl_is_the_pipeline_rl_stage():
   assert differences(stage, alone) == [
       "model.init_from: missing (expected '')",
       "rl.init_from_sft: expected '/w/sft', found ''",
-      "rl.num_steps: expected 4, found 0",
+      "rl.num_steps: expected 8, found 0",
       f"rl.task_start: expected {demo.pipeline.teacher.train_per_family}, found 0",
   ]
 

@@ -99,6 +99,13 @@ def test_unknown_teacher_family_or_sft_override_is_a_config_error(tmp_path):
     pipeline.sft_config(demo_config(**{"pipeline.sft_overrides": {"epochs": 3}}), str(tmp_path))
   with pytest.raises(ConfigError, match="pipeline.teacher.families': unknown \\['nope'\\]"):
     pipeline.run_pipeline(demo_config(**{"pipeline.teacher.families": ["nope"]}), str(tmp_path))
+  # RL on a family the teacher data never taught: named before any stage runs, nothing written.
+  untaught = demo_config(**{"pipeline.teacher.families": ["sequence_qa"]})
+  with pytest.raises(
+      ConfigError, match="rl.task_families': \\['locus_causal_gene'\\] not in pipeline.teacher"
+  ):
+    pipeline.run_pipeline(untaught, str(tmp_path / "untaught"))
+  assert not (tmp_path / "untaught").exists()
 
 
 TINY = {
@@ -246,6 +253,6 @@ def test_rl_trains_on_tasks_the_teacher_data_never_held(tmp_path):
       for t in get_family(name).instances("train", teacher.train_per_family)
   }
   rl_ids = {t.instance_id for t in rl_tasks}
-  assert len(rl_ids) == len(rl_tasks) == 4 * config.rl.tasks_per_family
+  assert len(rl_ids) == len(rl_tasks) == len(config.rl.task_families) * config.rl.tasks_per_family
   assert not rl_ids & sft_ids
   assert min(int(i.rsplit("/", 1)[1]) for i in rl_ids) == teacher.train_per_family
