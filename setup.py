@@ -48,6 +48,7 @@ setup(
     # the demo's base model (Hugging Face files + tokenizer), found by train/base_model.DEMO_BASE.
     package_data={
         "biomni_jax.env": ["data/*.jsonl", "data/README.md"],
+        "biomni_jax.env.tools": ["tools.toml"],
         "biomni_jax": ["assets/demo_base/*"],
     },
     python_requires=">=3.11",

@@ -141,15 +141,8 @@ def main(argv) -> int:
   except (ValueError, OSError, ExportError) as e:  # CheckpointError and ExportError are ValueErrors
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
-  engine = make_engine(
-      layout.model_config,
-      layout,
-      params,
-      num_slots=f.num_slots,
-      max_len=f.max_len,
-      detokenize=tokenizer.decode,
-      max_prefill_chunk=f.max_prefill_chunk,
-  )
+  limits = dict(num_slots=f.num_slots, max_len=f.max_len, max_prefill_chunk=f.max_prefill_chunk)
+  engine = make_engine(layout.model_config, layout, params, detokenize=tokenizer.decode, **limits)
   del params  # each replica holds its own placed copy
   service = ChatService(
       engine, tokenizer, f.served_model_name or name, request_timeout_s=f.request_timeout_s

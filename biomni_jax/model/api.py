@@ -100,21 +100,12 @@ def hidden_states(
   return hidden
 
 
-def forward(
-    config: ModelConfig,
-    params,
-    tokens,
-    *,
-    positions=None,
-    segment_ids=None,
-    sharding: ShardingRules | None = None,
-):
-  """tokens int32 [B, T] -> logits float32 [B, T, V]. Packed rows: pass segment_ids (positions then reset
-  at each segment start unless given). Materializes all logits; training uses `logprobs.token_logprobs`.
+def forward(config: ModelConfig, params, tokens, **inputs):
+  """tokens int32 [B, T] -> logits float32 [B, T, V]. `inputs`: hidden_states' keywords (positions,
+  segment_ids, sharding); packed rows pass segment_ids (positions then reset at each segment start
+  unless given). Materializes all logits; training uses `logprobs.token_logprobs`.
   """
-  hidden = hidden_states(
-      config, params, tokens, positions=positions, segment_ids=segment_ids, sharding=sharding
-  )
+  hidden = hidden_states(config, params, tokens, **inputs)
   return project_logits(config, hidden, lm_head_weight(config, params))[..., : config.vocab_size]
 
 

@@ -119,71 +119,37 @@ class ModelConfig:
     return dense + attn
 
 
-# Published hyperparameters (Hugging Face config.json of each Qwen3 release).
-_QWEN3_COMMON = dict(
-    vocab_size=151_936,
-    head_dim=128,
-    rms_norm_eps=1e-6,
-    rope_theta=1_000_000.0,
-    max_position_embeddings=40_960,
+# One preset a row. The Qwen3 rows are the published hyperparameters (the Hugging Face config.json of each
+# release); "bench_100m" (~112M parameters) is the benchmark size, "tiny" the tests' (small attention and
+# logits blocks, below). All use rms_norm_eps 1e-6.
+_PRESET_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rope_theta",
+    "max_position_embeddings",
+    "tie_word_embeddings",
 )
-
-PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        rope_theta=10_000.0,
-        max_position_embeddings=4096,
-        attention_block_q=64,
-        attention_block_kv=64,
-        logits_chunk=128,
-    ),
-    # ~100M parameters: the benchmark size.
-    "bench_100m": ModelConfig(
-        vocab_size=32_768,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=10,
-        num_attention_heads=12,
-        num_key_value_heads=4,
-        head_dim=64,
-        rope_theta=1_000_000.0,
-        max_position_embeddings=40_960,
-        tie_word_embeddings=True,
-    ),
-    "qwen3_0_6b": ModelConfig(
-        hidden_size=1024,
-        intermediate_size=3072,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        tie_word_embeddings=True,
-        **_QWEN3_COMMON,
-    ),
-    "qwen3_8b": ModelConfig(
-        hidden_size=4096,
-        intermediate_size=12_288,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        tie_word_embeddings=False,
-        **_QWEN3_COMMON,
-    ),
-    "qwen3_32b": ModelConfig(
-        hidden_size=5120,
-        intermediate_size=25_600,
-        num_hidden_layers=64,
-        num_attention_heads=64,
-        num_key_value_heads=8,
-        tie_word_embeddings=False,
-        **_QWEN3_COMMON,
-    ),
+# fmt: off
+_PRESET_ROWS = {
+    #              vocab    hidden  inter   layers  heads  kv  head_dim  rope_theta  max_pos  tied
+    "tiny":       (512,     64,     128,    2,      4,     2,  16,       10_000.0,   4096,    False),
+    "bench_100m": (32_768,  768,    3072,   10,     12,    4,  64,       1e6,        40_960,  True),
+    "qwen3_0_6b": (151_936, 1024,   3072,   28,     16,    8,  128,      1e6,        40_960,  True),
+    "qwen3_8b":   (151_936, 4096,   12_288, 36,     32,    8,  128,      1e6,        40_960,  False),
+    "qwen3_32b":  (151_936, 5120,   25_600, 64,     64,    8,  128,      1e6,        40_960,  False),
 }
+# fmt: on
+PRESETS: dict[str, ModelConfig] = {
+    name: ModelConfig(**dict(zip(_PRESET_FIELDS, row))) for name, row in _PRESET_ROWS.items()
+}
+PRESETS["tiny"] = PRESETS["tiny"].replace(
+    attention_block_q=64, attention_block_kv=64, logits_chunk=128
+)
 
 
 def get_preset(name: str, **overrides: Any) -> ModelConfig:

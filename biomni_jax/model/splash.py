@@ -13,20 +13,23 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
+# One block size for the forward and both backward kernels (square tiles of the causal mask).
+_BLOCK_SIZE_FIELDS = (
+    "block_q",
+    "block_kv_compute",
+    "block_kv",
+    "block_q_dkv",
+    "block_kv_dkv",
+    "block_kv_dkv_compute",
+    "block_q_dq",
+    "block_kv_dq",
+)
+
 
 @functools.lru_cache(maxsize=16)
 def _kernel(num_q_heads: int, seq_len: int, block: int):
   mask = sm.MultiHeadMask([sm.CausalMask((seq_len, seq_len)) for _ in range(num_q_heads)])
-  sizes = sk.BlockSizes(
-      block_q=block,
-      block_kv_compute=block,
-      block_kv=block,
-      block_q_dkv=block,
-      block_kv_dkv=block,
-      block_kv_dkv_compute=block,
-      block_q_dq=block,
-      block_kv_dq=block,
-  )
+  sizes = sk.BlockSizes(**dict.fromkeys(_BLOCK_SIZE_FIELDS, block))
   return sk.make_splash_mqa_single_device(mask=mask, block_sizes=sizes)
 
 

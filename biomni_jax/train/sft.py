@@ -90,14 +90,8 @@ def make_sft_loss(
   return loss_fn
 
 
-def make_eval_step(
-    model_config: ModelConfig,
-    sharding: ShardingRules,
-    aggregation: str = "token-mean",
-    token_sum_norm: Optional[float] = None,
-):
-  """Jitted (params, rows) -> (loss_sum, denominator): the held-out teacher-forced loss of a batch."""
-  loss_fn = make_sft_loss(model_config, sharding, aggregation, token_sum_norm)
+def make_eval_step(model_config: ModelConfig, sharding: ShardingRules, loss_fn):
+  """Jitted (params, rows) -> (loss_sum, denominator): `loss_fn` (make_sft_loss) on a held-out batch."""
   param_sh = M.param_shardings(model_config, sharding)
 
   def evaluate(params, rows):
@@ -326,9 +320,10 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
   )
   total_steps = s.num_steps or max(1, int(round(s.num_epochs * iterator.batches_per_epoch)))
   optimizer, schedule = run_setup.run_optimizer(config, total_steps)
+  loss_fn = make_sft_loss(model_cfg, sharding, s.aggregation, token_sum_norm=s.seq_len)
   step_fn = make_train_step(
       model_cfg,
-      make_sft_loss(model_cfg, sharding, s.aggregation, token_sum_norm=s.seq_len),
+      loss_fn,
       optimizer,
       sharding=sharding,
       micro_batches=s.micro_batches,
@@ -345,7 +340,7 @@ def train_sft(config, workdir: str) -> dict[str, Any]:
         "data.eval_path",
     )
     eval_rows = s.layout_rows(held_out, tokenizer)
-    eval_step = make_eval_step(model_cfg, sharding, s.aggregation, token_sum_norm=s.seq_len)
+    eval_step = make_eval_step(model_cfg, sharding, loss_fn)
 
   fingerprint = rows_fingerprint(rows)
   ckpt = run_setup.open_checkpointer(workdir, s.keep_checkpoints, s.async_checkpoint)

@@ -1,10 +1,13 @@
 """Tools: registry contract, hand-checked sequence cases, knowledge lookups on real data."""
 
+import inspect
+
 import pytest
 
 from biomni_jax.env import protocol
 from biomni_jax.env.tools import TOOLS, get_tool, import_strings, resolve_all, tool_specs
 from biomni_jax.env.tools import sequence_tools as st
+from biomni_jax.env.tools.registry import load_specs
 
 
 def test_registry_specs_resolve_and_render_into_the_system_prompt():
@@ -20,8 +23,12 @@ def test_registry_specs_resolve_and_render_into_the_system_prompt():
   } <= set(TOOLS)
   for spec, fn in zip(specs, resolve_all(specs).values()):
     assert callable(fn) and fn.__name__ == spec.name and spec.description
-    params = list(fn.__code__.co_varnames[: fn.__code__.co_argcount])
-    assert params == [p["name"] for p in spec.parameters], spec.name
+    signature = inspect.signature(fn).parameters
+    assert list(signature) == [p["name"] for p in spec.parameters], spec.name
+    for p in spec.parameters:  # tools.toml's defaults are the function's
+      default = signature[p["name"]].default
+      assert p["required"] == (default is inspect.Parameter.empty), (spec.name, p["name"])
+      assert p["required"] or p["default"] == default, (spec.name, p["name"])
   assert import_strings([get_tool("digest_sequence")]) == [
       "biomni_jax.env.tools.sequence_tools:digest_sequence"
   ]
@@ -29,6 +36,24 @@ def test_registry_specs_resolve_and_render_into_the_system_prompt():
   assert "find_restriction_sites" in text and "enzymes (list[str])" in text
   with pytest.raises(KeyError, match="unknown tool 'nope'; expected one of"):
     get_tool("nope")
+
+
+def test_a_malformed_tools_file_is_named_with_the_tool_and_key(tmp_path):
+  path = tmp_path / "tools.toml"
+  path.write_text(
+      '[[tool]]\nname = "f"\ngroup = "sequence"\ndescription = "d"\n'
+      'parameters = [{ name = "x", type = "int" }]\n'
+  )
+  with pytest.raises(
+      ValueError, match=r"tool 1 \(f\) parameter 1: .*found keys \['name', 'type'\]"
+  ):
+    load_specs(str(path))
+  path.write_text('[[tool]]\nname = "f"\ndescription = "d"\n')
+  with pytest.raises(ValueError, match=r"tool 1 \(f\): a tool needs name, group and description"):
+    load_specs(str(path))
+  path.write_text("[[tool]\n")
+  with pytest.raises(ValueError, match="not valid TOML"):
+    load_specs(str(path))
 
 
 SEQ = "AAGAATTCAAGAATTCTTGGATCCAA"  # EcoRI G^AATTC at 2 and 10 (0-based G), BamHI G^GATCC at 18

@@ -9,12 +9,12 @@ cache file, so a changed source or a changed parser triggers a rebuild.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
+from typing import NamedTuple
 
 # Bump when the parsed tables change shape or meaning.
 SCHEMA_VERSION = 2
@@ -22,8 +22,9 @@ SCHEMA_VERSION = 2
 ENSEMBL_TABLE = "datafile_homo_sapiens-GRCh38-ensembl100.pkl.xz"
 
 
-@dataclasses.dataclass(frozen=True)
-class SourceFiles:
+class SourceFiles(NamedTuple):
+  """Paths of the raw release files."""
+
   hp_obo: str
   phenotype_hpoa: str
   genes_to_phenotype: str
@@ -50,7 +51,7 @@ def locate_sources() -> SourceFiles:
       genes_to_phenotype=os.path.join(hpo_dir, "genes_to_phenotype.txt"),
       ensembl_genes=os.path.join(ann_dir, ENSEMBL_TABLE),
   )
-  for path in dataclasses.astuple(files):
+  for path in files:
     if not os.path.isfile(path):
       raise FileNotFoundError(f"knowledge base source: expected file {path}, not found")
   return files
@@ -64,7 +65,7 @@ def fingerprint(files: SourceFiles) -> str:
       parts[package] = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
       parts[package] = "unknown"
-  for name, path in dataclasses.asdict(files).items():
+  for name, path in files._asdict().items():
     stat = os.stat(path)
     parts[name] = [os.path.basename(path), stat.st_size, int(stat.st_mtime)]
   blob = json.dumps(parts, sort_keys=True).encode()
