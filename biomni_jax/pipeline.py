@@ -15,7 +15,8 @@ on a re-run, and the long stages resume from their own checkpoints when interrup
                 "none" skips it. A real run's base is a pretrained Qwen3 (model.init_from); the demo's
                 tiny model needs this stand-in to copy an id from a tool output at all.
   sft           train/sft.py in DIR/sft, from DIR/base and its tokenizer (with "none": a random init
-                and the embedded tokenizer trained in DIR/sft)
+                and the embedded tokenizer trained in DIR/sft), on the teacher data mixed with
+                `pipeline.sft_copy_examples` copy examples (DIR/data/sft_train_with_copy.jsonl)
   eval_base     the base model (DIR/base, or SFT's random initial params), held-out embedded tasks -> DIR/eval/base/
   eval_sft      the SFT model                                                       -> DIR/eval/sft/
   rl            train/rl.py in DIR/rl, initialised from DIR/sft
@@ -26,7 +27,8 @@ Evaluation: `pipeline.eval.tasks_per_family` val instances of each family the te
 (`pipeline.teacher.families`; RL trains on some or all of them, `rl.task_families`), `pipeline.eval.samples`
 episodes each, sampled with the RL rollout settings (temperature, limits) and the same seeds for all three
 models; score = the family's official grade. Config sections: everything configs/demo.py has for SFT, plus `rl`
-(the RL stage; configs/demo_rl.py runs it alone), `rl_optimizer`, and `pipeline` (teacher, pretrain, eval, sft_overrides).
+(the RL stage; configs/demo_rl.py runs it alone), `rl_optimizer`, and `pipeline` (teacher, pretrain, eval,
+sft_overrides, sft_copy_examples).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def sft_config(config, workdir: str) -> ml_collections.ConfigDict:
           f"config field 'pipeline.sft_overrides.{key}': not a field of section 'sft'"
       )
     c.sft[key] = value
-  c.data.train_path = os.path.join(workdir, "data", "sft_train.jsonl")
+  c.data.train_path = sft_train_path(config, workdir)
   c.data.eval_path = os.path.join(workdir, "data", "sft_val.jsonl")
   if base_source(config) != "none":  # start from the base: its weights, tokenizer and vocabulary
     base = os.path.join(workdir, BASE_DIR)
@@ -99,6 +101,28 @@ def sft_config(config, workdir: str) -> ml_collections.ConfigDict:
     c.model.init_from = c.tokenizer.path = base
     c.model.overrides = dict(c.model.get("overrides") or {}, vocab_size=vocab_size)
   return c
+
+
+def sft_copy_examples(config) -> list[list[int]]:
+  """`pipeline.sft_copy_examples`: [length, count] pairs of copy examples mixed into the SFT data."""
+  pairs = [list(p) for p in field(config, "pipeline.sft_copy_examples", default=[]) or []]
+  if not all(len(p) == 2 and all(isinstance(v, int) and v > 0 for v in p) for p in pairs):
+    raise ConfigError(
+        f"config field 'pipeline.sft_copy_examples': expected [length, count] pairs of positive "
+        f"integers, found {pairs}"
+    )
+  if any(length < 8 for length, _ in pairs):
+    raise ConfigError(
+        f"config field 'pipeline.sft_copy_examples': a copy example needs at least 8 tokens, "
+        f"found {pairs}"
+    )
+  return pairs
+
+
+def sft_train_path(config, workdir: str) -> str:
+  """The SFT training file: the teacher data, or with copy examples the mix stage_sft writes."""
+  name = "sft_train_with_copy.jsonl" if sft_copy_examples(config) else "sft_train.jsonl"
+  return os.path.join(workdir, "data", name)
 
 
 BASE_DIR = "base"
@@ -251,9 +275,29 @@ def stage_pretrain(config, workdir: str) -> dict:
   return {**summary, "documents": {split: len(d) for split, d in documents.items()}, "base": base}
 
 
+def write_sft_mix(config, workdir: str) -> int:
+  """DIR/data/sft_train_with_copy.jsonl: the teacher trajectories, then the copy examples (the SFT run
+  shuffles them), written atomically and the same on every run. Returns the number of copy examples.
+  """
+  from biomni_jax.data.tokenizer import load_tokenizer
+  from biomni_jax.data.trajectory import read_jsonl, write_jsonl
+  from biomni_jax.train.base_model import sft_copy_trajectories
+
+  data_dir = os.path.join(workdir, "data")
+  copies = sft_copy_trajectories(
+      load_tokenizer(os.path.join(workdir, BASE_DIR)),
+      sft_copy_examples(config),
+      field(config, "seed", int, default=0),
+  )
+  teacher = read_jsonl(os.path.join(data_dir, "sft_train.jsonl"))
+  write_jsonl(sft_train_path(config, workdir), teacher + copies)
+  return len(copies)
+
+
 def stage_sft(config, workdir: str) -> dict:
   from biomni_jax.train.sft import train_sft
 
+  copies = write_sft_mix(config, workdir) if sft_copy_examples(config) else 0
   summary = train_sft(sft_config(config, workdir), os.path.join(workdir, "sft"))
   losses = summary["losses"]
   return {
@@ -262,6 +306,7 @@ def stage_sft(config, workdir: str) -> dict:
       "eval_loss": summary.get("eval_loss"),
       "rows": summary["rows"],
       "num_params": summary["num_params"],
+      "copy_examples": copies,
   }
 
 
@@ -408,6 +453,11 @@ def check_config(config) -> None:
     raise ConfigError(
         f"config field 'pipeline.teacher.families': unknown {sorted(unknown)}; expected some of "
         f"{_family_names()}"
+    )
+  if sft_copy_examples(config) and base_source(config) == "none":
+    raise ConfigError(
+        "config field 'pipeline.sft_copy_examples': copy examples need the base's tokenizer; with "
+        "pipeline.pretrain.base = 'none' set it to []"
     )
   untaught = set(field(config, "rl.task_families")) - set(taught)
   if untaught:  # RL from an SFT model that never saw the family's protocol has nothing to improve

@@ -12,8 +12,7 @@ byte-level BPE, trained in the SFT run's workdir, and the model's vocabulary is 
 
 import ml_collections
 
-from biomni_jax.train.losses import default_policy_loss_config
-from biomni_jax.train.optimizer import default_optimizer_config
+from biomni_jax.config_utils import sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -26,24 +25,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.preset = "tiny"
   config.model.init_from = ""  # a Hugging Face Qwen3 dir; "" = random init (pipeline: DIR/base)
-  # A little larger than the "tiny" preset: 4 layers, hidden 128, tied embeddings (as Qwen3-0.6B).
-  # remat off (short rows fit easily).
+  # A little larger than the "tiny" preset: 4 layers of hidden 128, 4 query / 2 KV heads of 32, tied
+  # embeddings (as Qwen3-0.6B); float32, remat off (short rows fit easily), blocks sized to short rows.
   config.model.overrides = ml_collections.ConfigDict(
-      dict(
-          hidden_size=128,
-          intermediate_size=384,
-          num_hidden_layers=4,
-          num_attention_heads=4,
-          num_key_value_heads=2,
-          head_dim=32,
-          dtype="float32",
-          remat_policy="none",
-          tie_word_embeddings=True,
-          attention_block_q=128,
-          attention_block_kv=128,
-          logits_chunk=256,
-      )
+      dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, tie_word_embeddings=True)
   )
+  config.model.overrides.update(num_attention_heads=4, num_key_value_heads=2, head_dim=32)
+  config.model.overrides.update(dtype="float32", remat_policy="none", logits_chunk=256)
+  config.model.overrides.update(attention_block_q=128, attention_block_kv=128)
 
   config.tokenizer = ml_collections.ConfigDict()
   config.tokenizer.path = ""  # "" = the embedded one; or a tokenizer dir (pipeline: DIR/base's)
@@ -57,117 +46,63 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.eval_path = ""  # held-out trajectories for the teacher-forced eval loss; "" = none
   config.data.eval_split = "val"
 
-  config.sft = ml_collections.ConfigDict()
-  config.sft.batch_size = 8
-  config.sft.micro_batches = 1
-  config.sft.seq_len = 1024
-  config.sft.pack = True
-  config.sft.overlong = "truncate"
-  config.sft.num_epochs = 4
-  config.sft.num_steps = 0  # > 0 overrides num_epochs
-  config.sft.loss_aggregation = "token-mean"
-  config.sft.log_every = 1
-  config.sft.eval_every = 50
-  config.sft.save_every = 50
-  config.sft.keep_checkpoints = 2
-  config.sft.async_checkpoint = True
-  config.sft.shuffle = True
-  config.sft.tensorboard = True
-  config.sft.progress_bar = True
-
-  config.optimizer = default_optimizer_config()
-  config.optimizer.lr = 3e-3
-  config.optimizer.schedule = "warmup_cosine"
-  config.optimizer.warmup_steps = 20
-  config.optimizer.total_steps = 0  # 0 = the run's number of steps
-  config.optimizer.final_lr_fraction = 0.1
-  config.optimizer.weight_decay = 0.01
-  config.optimizer.grad_clip = 1.0
+  # SFT: the 8B recipe's schedule (configs/qwen3_8b_sft.py: 4 epochs of packed rows, token-mean loss,
+  # warmup-cosine to 0.1 of the peak, AdamW wd 0.01, clip 1) at CPU scale and with a larger learning rate.
+  sft_recipe = sibling_config(__file__, "qwen3_8b_sft.py")
+  config.sft = sft_recipe.sft
+  config.sft.update(batch_size=8, seq_len=1024, keep_checkpoints=2)
+  config.optimizer = sft_recipe.optimizer
+  config.optimizer.update(lr=3e-3, warmup_steps=20)
 
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=1))
 
   # mode=pipeline (biomni_jax/pipeline.py): teacher data -> SFT (above) -> RL (below; configs/demo_rl.py
-  # runs it alone) -> evaluation. RL knobs follow the Biomni-R0 recipe (Dr.GRPO, PPO clip 0.2/0.28,
-  # dual-clip 3, no KL/entropy, seq-mean-token-mean, AdamW wd 0.01, grad clip 1) at CPU scale: 4 tasks x 4
-  # samples per rollout batch, 2 optimizer steps per batch, short episodes, and a larger constant learning
-  # rate than the 8B recipe's 1e-6.
-  rl = config.rl = ml_collections.ConfigDict()
-  rl.init_from_sft = (
-      ""  # an SFT run's workdir (configs/demo.py); "" = random init from config.model
-  )
+  # runs it alone) -> evaluation. RL is the Biomni-R0 recipe (configs/qwen3_8b_rl.py: Dr.GRPO, PPO clip
+  # 0.2/0.28, dual-clip 3, no KL/entropy, seq-mean-token-mean, temperature 0.6, top_p 0.95, AdamW wd 0.01,
+  # grad clip 1) at CPU scale: 4 tasks x 4 samples per rollout batch, 2 optimizer steps per batch, short
+  # episodes, and a larger constant learning rate than the 8B recipe's 1e-6.
+  rl_recipe = sibling_config(__file__, "qwen3_8b_rl.py")
+  rl = config.rl = rl_recipe.rl  # rl.init_from_sft: an SFT run's workdir; "" = random init (tests)
   # The two families SFT leaves room in (held-out success ~0.2 and ~0.9). After SFT the other two succeed
   # in nearly every sample, so their groups carry no advantage (experiments/README.md, "RL from the demo
   # SFT model of commit 5d3ad26"); the pipeline still evaluates all four (pipeline.teacher.families).
   rl.task_families = ["locus_causal_gene", "sequence_qa"]
-  rl.tasks_per_family = 16
-  rl.task_split = "train"
-  rl.task_seed = 0
-  rl.epochs = 1
-  rl.num_steps = 8  # 8 rollout batches of 4 tasks x 4 samples: each of the 32 train tasks once
-  rl.num_groups = 4  # task instances (prompts) per rollout batch
-  rl.group_size = 4  # G trajectories per task
-  rl.num_minibatches = 2  # optimizer steps per rollout batch
-  rl.micro_batches = 1
-  rl.seq_len = 2048  # training row length (>= the longest trajectory: max_context + new tokens)
-  rl.pack = True
-  rl.rows_multiple_of = 1
-  rl.logprob_batch_rows = 4
-  rl.advantage_estimator = "drgrpo"
-  rl.temperature = 0.6
-  rl.loss = default_policy_loss_config()
-  rl.rollout = ml_collections.ConfigDict(
-      dict(
-          max_turns=6,
-          max_context_tokens=1536,
-          max_new_tokens_per_turn=256,
-          top_p=0.95,
-          top_k=0,
-          max_staleness=0,
-          max_concurrent_episodes=16,
-          tool_timeout_s=30.0,
-          overlong_threshold=1536,
-          # The demo SFT data has no system prompt: its tool listing (~1.1k tokens) would fill the tiny
-          # model's context. The task prompt alone is what the demo model was trained to follow.
-          use_system_prompt=False,
-      )
-  )
+  # 8 rollout batches of 4 tasks x 4 samples: each of the 32 train tasks once, 2 optimizer steps each.
+  rl.update(tasks_per_family=16, epochs=1, num_steps=8)
+  rl.update(num_groups=4, group_size=4, num_minibatches=2)
+  # Training rows of 2048 tokens (>= the longest trajectory: max_context + new tokens).
+  rl.update(seq_len=2048, rows_multiple_of=1, logprob_batch_rows=4)
+  rl.update(sandbox_workers=2, save_every=2, keep_checkpoints=2)
+  rl.rollout.update(max_turns=6, max_context_tokens=1536, max_new_tokens_per_turn=256)
+  rl.rollout.update(overlong_threshold=1536, max_concurrent_episodes=16, tool_timeout_s=30.0)
+  # The demo SFT data has no system prompt: its tool listing (~1.1k tokens) would fill the tiny model's
+  # context. The task prompt alone is what the demo model was trained to follow.
+  rl.rollout.use_system_prompt = False
   # The sampler of each host: `mesh` = data replicas x tensor-parallel devices of the host's own devices
   # (sampling/layout.py; -1 = the rest of them). One device here; the 8B/32B recipes use tensor=4.
   rl.engine = ml_collections.ConfigDict(
       dict(num_slots=16, max_len=2048, max_prefill_chunk=256, mesh=dict(data=1, tensor=1))
   )
-  rl.sandbox_workers = 2
-  rl.get_groups_timeout_s = 0.0  # 0 = wait as long as it takes
-  rl.save_every = 2
-  rl.keep_checkpoints = 2
-  rl.async_checkpoint = True
-  rl.tensorboard = True
-  rl.progress_bar = True
-  # AdamW (0.9, 0.999), wd 0.01, clip 1.0, constant; lr 5e-5: 2e-5 barely moves the policy in 8 steps,
-  # 5e-4 destroys the copying SFT learnt.
-  config.rl_optimizer = default_optimizer_config()
+  # lr 5e-5, constant: 2e-5 barely moves the policy in 8 steps, 5e-4 destroys the copying SFT learnt.
+  config.rl_optimizer = rl_recipe.optimizer
   config.rl_optimizer.lr = 5e-5
 
   pipeline = config.pipeline = ml_collections.ConfigDict()
+  # Scripted experts (env/experts) that err on 30% of their choices; 8 turns at most, 2 sandbox workers.
   pipeline.teacher = ml_collections.ConfigDict(
-      dict(
-          kind="scripted",
-          options=dict(mistake_rate=0.3, seed=0),
-          families=[
-              "sequence_qa",
-              "locus_causal_gene",
-              "rare_disease_diagnosis",
-              "patient_gene_detection",
-          ],  # also the families the pipeline evaluates
-          train_per_family=48,
-          val_per_family=2,
-          n_samples=2,
-          min_reward=2.0,
-          max_turns=8,
-          workers=2,
-          system_prompt=False,
-      )
-  )  # like rl.rollout.use_system_prompt: the tool listing would fill the tiny context
+      dict(kind="scripted", options=dict(mistake_rate=0.3, seed=0), max_turns=8, workers=2)
+  )
+  pipeline.teacher.families = [  # also the families the pipeline evaluates
+      "sequence_qa",
+      "locus_causal_gene",
+      "rare_disease_diagnosis",
+      "patient_gene_detection",
+  ]
+  # Tasks per family in each split; per task the best of n_samples rollouts, kept if its reward (correct
+  # + format) reaches min_reward.
+  pipeline.teacher.update(train_per_family=48, val_per_family=2, n_samples=2, min_reward=2.0)
+  # Like rl.rollout.use_system_prompt: the tool listing would fill the tiny context.
+  pipeline.teacher.system_prompt = False
   # RL on train instances the teacher data never held: SFT solves its own tasks in every sample, and a
   # group whose samples all score alike has no advantage to learn from.
   config.rl.task_start = pipeline.teacher.train_per_family
@@ -176,6 +111,11 @@ def get_config() -> ml_collections.ConfigDict:
   pipeline.sft_overrides = ml_collections.ConfigDict(
       dict(num_steps=150, eval_every=50, save_every=50)
   )
+  # Copy examples mixed into the SFT data, [length, count] (data/copy_rows.py: loss on the copy only;
+  # ~33k tokens beside the teacher data's ~130k). SFT on the teacher data alone wears away the base's
+  # copying: the demo model then spells a gene symbol from the trajectories' n-grams instead of reading it
+  # from the tool output (teacher-forced locus answers right in every token: 0.30 without, 0.87 with).
+  pipeline.sft_copy_examples = [[64, 40], [128, 40], [256, 40], [512, 30]]
   # The base model SFT starts from (pipeline.py stage `pretrain`, train/base_model.py). "shipped": the demo
   # base packaged in biomni_jax/assets/demo_base (or `path`), with its tokenizer; "train": regenerate it in
   # DIR/pretrain from the fields below (experiments/README.md: schedule, wall time, copy accuracy);

@@ -83,7 +83,10 @@ def test_stage_configs_split_the_pipeline_config(tmp_path):
   )
   sft = pipeline.sft_config(config, str(tmp_path))
   assert sft.mode == "sft" and "rl" not in sft and "pipeline" not in sft
-  assert sft.data.train_path == str(tmp_path / "data" / "sft_train.jsonl")
+  # The teacher data mixed with copy examples (stage_sft writes the mix), or the teacher data alone.
+  assert sft.data.train_path == str(tmp_path / "data" / "sft_train_with_copy.jsonl")
+  alone = pipeline.sft_config(demo_config(**{"pipeline.sft_copy_examples": []}), str(tmp_path))
+  assert alone.data.train_path == str(tmp_path / "data" / "sft_train.jsonl")
   assert sft.sft.num_steps == config.pipeline.sft_overrides.num_steps != config.sft.num_steps
   rl = pipeline.rl_config(config, str(tmp_path))
   assert rl.mode == "rl" and rl.rl.init_from_sft == str(tmp_path / "sft")
@@ -106,6 +109,17 @@ def test_unknown_teacher_family_or_sft_override_is_a_config_error(tmp_path):
   ):
     pipeline.run_pipeline(untaught, str(tmp_path / "untaught"))
   assert not (tmp_path / "untaught").exists()
+  for bad, message in (
+      ([[64]], "expected \\[length, count\\] pairs of positive integers, found \\[\\[64\\]\\]"),
+      ([[64, 0]], "expected .* pairs of positive integers, found \\[\\[64, 0\\]\\]"),
+      ([[4, 10]], "a copy example needs at least 8 tokens"),
+  ):
+    with pytest.raises(ConfigError, match="pipeline.sft_copy_examples': " + message):
+      pipeline.run_pipeline(demo_config(**{"pipeline.sft_copy_examples": bad}), str(tmp_path / "b"))
+  no_base = demo_config(**{"pipeline.pretrain.base": "none"})
+  with pytest.raises(ConfigError, match="copy examples need the base's tokenizer"):
+    pipeline.run_pipeline(no_base, str(tmp_path / "b"))
+  assert not (tmp_path / "b").exists()
 
 
 TINY = {
@@ -152,6 +166,7 @@ TINY = {
     "pipeline.pretrain.warmup_steps": 1,
     "pipeline.pretrain.eval_rows": 1,
     "pipeline.sft_overrides.num_steps": 2,
+    "pipeline.sft_copy_examples": [[32, 2], [16, 1]],
 }
 
 
@@ -179,6 +194,21 @@ def test_tiny_pipeline_end_to_end(tmp_path):
       for d in docs
       for m in d["messages"]
   )
+  # SFT's data: the teacher trajectories, then the copy examples (loss on the copied half only).
+  teacher = [json.loads(l) for l in open(os.path.join(workdir, "data", "sft_train.jsonl"))]
+  mixed = [json.loads(l) for l in open(os.path.join(workdir, "data", "sft_train_with_copy.jsonl"))]
+  assert mixed[: len(teacher)] == teacher and len(mixed) == len(teacher) + 3
+  for row, length in zip(mixed[len(teacher) :], (32, 32, 16)):
+    assert row["task"]["task_name"] == "copy_row" and len(row["token_ids"]) == length
+    tokens, mask = np.asarray(row["token_ids"]), np.asarray(row["loss_mask"])
+    k = int(mask.sum()) + 1  # the repeated segment; its first token starts the copy, unlearned
+    assert 2 <= k <= length // 2 and mask[-(k - 1) :].all() and not mask[: -(k - 1)].any()
+    np.testing.assert_array_equal(tokens[-k:], tokens[-2 * k : -k])
+  before = open(os.path.join(workdir, "data", "sft_train_with_copy.jsonl"), "rb").read()
+  pipeline.write_sft_mix(
+      demo_config(**TINY), workdir
+  )  # a resumed SFT stage trains on the same rows
+  assert open(os.path.join(workdir, "data", "sft_train_with_copy.jsonl"), "rb").read() == before
   base = pipeline.base_agent(workdir)
   assert base.source == os.path.join(workdir, "base")
   from biomni_jax.eval.agents import load_run_agent

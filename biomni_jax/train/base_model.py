@@ -209,6 +209,23 @@ def held_out_copy_examples(tokenizer, length: int, count: int) -> list[dict[str,
   )
 
 
+def sft_copy_trajectories(tokenizer, examples: Sequence[Sequence[int]], seed: int) -> list:
+  """Copy examples to mix into SFT data, as token-level trajectories (kind "copy_row"): `count` fresh
+  examples of each [length, count] in `examples` (seeds below HELD_OUT_SEED: never a held-out example).
+
+  SFT on ~200 teacher trajectories alone wears away the base's copying: an id spelt in rare tokens
+  (a gene symbol letter by letter) is then predicted from the trajectories' n-grams instead of read from
+  the tool output. Copy examples in the mix keep the skill (experiments/README.md)."""
+  token_ids, start_id = copy_rows.ordinary_token_ids(tokenizer), copy_rows.start_token_id(tokenizer)
+  out = []
+  for k, (length, count) in enumerate(examples):
+    for example in copy_rows.copy_examples(
+        seed * 1_000 + k, int(count), int(length), token_ids, start_id
+    ):
+      out.append(example_trajectory(example, tokenizer, "copy_row"))
+  return out
+
+
 def write_rows(path: str, rows: Sequence[Sequence[dict]], tokenizer) -> int:
   """The rows' examples as token-level trajectories, in order (jsonl). Returns the example count."""
   from biomni_jax.data.trajectory import write_jsonl
