@@ -115,7 +115,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ~33k tokens beside the teacher data's ~130k). SFT on the teacher data alone wears away the base's
   # copying: the demo model then spells a gene symbol from the trajectories' n-grams instead of reading it
   # from the tool output (teacher-forced locus answers right in every token: 0.30 without, 0.87 with).
-  pipeline.sft_copy_examples = [[64, 40], [128, 40], [256, 40], [512, 30]]
+  pipeline.sft_copy_examples = ((64, 40), (128, 40), (256, 40), (512, 30))  # () = none
   # The base model SFT starts from (pipeline.py stage `pretrain`, train/base_model.py). "shipped": the demo
   # base packaged in biomni_jax/assets/demo_base (or `path`), with its tokenizer; "train": regenerate it in
   # DIR/pretrain from the fields below (experiments/README.md: schedule, wall time, copy accuracy);
