@@ -5,6 +5,7 @@ One RL step (= one rollout batch, = one weight version):
     groups = pool.get_groups(num_groups)             G trajectories per task, sampled by versions >= v - S
     rows   = rl_batch.build_minibatches(groups)       advantages (drgrpo: A_i = R_i - mean_g R), k mini-batches
     old    = log pi_v(target) under the CURRENT params at the sampling temperature, for every mini-batch
+    ref    = log pi_ref(target) under the initial (SFT) params, only when rl.loss.kl_coef > 0
     k times: state = step(state, minibatch + old)     policy loss (losses.py: PPO clip-higher, dual-clip,
                                                       seq-mean-token-mean), one AdamW update per mini-batch
     engine.update_params(copy of params, v + 1); pool.publish_version(v + 1)
@@ -255,8 +256,18 @@ class RLTrainer:
       *,
       learning_rate_fn=None,
       seed: int = 0,
+      reference_params=None,
   ):
+    """reference_params: the policy the KL term holds the model to (the SFT params), a copy of its own
+    (train steps donate their state's buffers); required when settings.loss.kl_coef > 0, else unused."""
     self.model_config, self.s, self.sharding, self.seed = model_config, settings, sharding, seed
+    if settings.loss.kl_coef > 0 and reference_params is None:
+      raise ValueError(
+          f"RLTrainer: rl.loss.kl_coef = {settings.loss.kl_coef} > 0 needs the reference policy's "
+          "params (reference_params), found None"
+      )
+    self.reference_params = reference_params if settings.loss.kl_coef > 0 else None
+    self.step_fields = STEP_FIELDS + (("ref_logprobs",) if self.reference_params is not None else ())
     loss_fn = make_rl_loss(model_config, settings.loss, settings.logprob_temperature, sharding)
     self.step_fn = make_train_step(
         model_config,
@@ -305,12 +316,16 @@ class RLTrainer:
       rows["old_logprobs"] = recompute_logprobs(
           self.logprob_fn, state.params, rows, self.local_logprob_rows, self.sharding
       )
+      if self.reference_params is not None:
+        rows["ref_logprobs"] = recompute_logprobs(
+            self.logprob_fn, self.reference_params, rows, self.local_logprob_rows, self.sharding
+        )
     logprob_seconds = time.perf_counter() - t0
     mismatch = [sampler_mismatch(rows["old_logprobs"], rows) for rows in minibatches]
     sums, step_metrics = None, []
     t0 = time.perf_counter()
     for rows in minibatches:
-      placed = distributed.global_rows({k: rows[k] for k in STEP_FIELDS}, self.batch_sharding)
+      placed = distributed.global_rows({k: rows[k] for k in self.step_fields}, self.batch_sharding)
       state, metrics = self.step_fn(state, placed)
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       step_metrics.append(metrics)

@@ -30,6 +30,7 @@ from biomni_jax.train import run_setup
 from biomni_jax.train.checkpoint import Checkpointer
 from biomni_jax.train.metrics import MetricsWriter
 from biomni_jax.train.rl import RLRun, RLSettings, RLTrainer, run_rl_loop
+from biomni_jax.train.step import random_init_params
 
 
 def task_stream(tasks: Sequence[Any], epochs: int, seed: int) -> Iterator[Any]:
@@ -194,7 +195,22 @@ def train_rl(config, workdir: str, *, pool_factory: Optional[PoolFactory] = None
     )
   optimizer, schedule = run_setup.run_optimizer(config, total_steps * s.num_minibatches)
   try:
-    trainer = RLTrainer(model_cfg, s, optimizer, sharding, learning_rate_fn=schedule, seed=seed)
+    # The KL term's reference is the initial (SFT, or random) policy, also after a resume; a copy,
+    # because the first train step donates the buffers the initial state shares with init_params.
+    reference = None
+    if s.loss.kl_coef > 0:
+      if init_params is None:
+        init_params = random_init_params(model_cfg, seed, sharding)
+      reference = jax.tree.map(lambda x: x.copy(), init_params)
+    trainer = RLTrainer(
+        model_cfg,
+        s,
+        optimizer,
+        sharding,
+        learning_rate_fn=schedule,
+        seed=seed,
+        reference_params=reference,
+    )
   except ValueError as e:
     raise ConfigError(f"config field 'mesh': {e}") from None
 

@@ -114,6 +114,12 @@ def abstract_train_state(
   )
 
 
+def random_init_params(model_config: ModelConfig, seed: int, sharding: ShardingRules) -> Any:
+  """The random params init_train_state starts from when it is given none."""
+  init_key = jax.random.split(jax.random.key(seed))[0]
+  return M.init_params(model_config, init_key, sharding)
+
+
 def init_train_state(
     model_config: ModelConfig,
     optimizer: optax.GradientTransformation,
@@ -123,9 +129,9 @@ def init_train_state(
 ) -> TrainState:
   """A fresh TrainState placed in its shardings; random params from `seed` unless `params` are given."""
   shardings = train_state_shardings(model_config, optimizer, sharding)
-  init_key, run_key = jax.random.split(jax.random.key(seed))
+  run_key = jax.random.split(jax.random.key(seed))[1]
   if params is None:
-    params = M.init_params(model_config, init_key, sharding)
+    params = random_init_params(model_config, seed, sharding)
   params = jax.device_put(params, shardings.params)
   opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
   return TrainState(

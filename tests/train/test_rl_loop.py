@@ -285,3 +285,41 @@ def test_policy_gradient_raises_the_reward_it_is_trained_on(tmp_path):
   first, last = np.mean(rewards[:3]), np.mean(rewards[-3:])
   assert 0.3 < first < 0.7, rewards  # a random init samples even and odd ids about equally
   assert last > 0.85, rewards
+
+
+def test_kl_term_holds_the_policy_to_the_initial_params(tmp_path, monkeypatch, compilation_cache):
+  """rl.loss.kl_coef > 0: the trainer computes log pi_ref under the initial params (kept apart from the
+  donated train state) and the logged kl is the k3 estimate, mean over sampled tokens of
+  exp(ref - logp) - (ref - logp) - 1, recomputed here in numpy from the two policies' log-probs."""
+  expected = []
+  original = rl.RLTrainer.train_on_groups
+
+  def spy(self, state, groups, rl_step):
+    (rows,), _ = self.build(groups, rl_step)  # one mini-batch: the loss runs at these params
+    logp = rl.recompute_logprobs(self.logprob_fn, state.params, rows, 4, self.sharding)
+    ref = rl.recompute_logprobs(self.logprob_fn, self.reference_params, rows, 4, self.sharding)
+    on = rows["target_mask"] > 0
+    d = (ref - logp)[on].astype(np.float64)
+    expected.append(float(np.mean(np.exp(d) - d - 1.0)))
+    return original(self, state, groups, rl_step)
+
+  monkeypatch.setattr(rl.RLTrainer, "train_on_groups", spy)
+  config = demo_rl_config(
+      **{
+          "rl.num_steps": 3,
+          "rl.num_minibatches": 1,
+          "rl.save_every": 0,
+          "rl.loss.kl_coef": 0.5,
+      }
+  )
+  rl_run.train_rl(config, str(tmp_path / "run"), pool_factory=EnginePool)
+  records = read_jsonl_metrics(tmp_path / "run" / "metrics.jsonl")
+  kl = [r["kl"] for r in records]
+  # Step 1 trains the initial params themselves; later steps have moved away from them.
+  assert kl[0] == pytest.approx(0.0, abs=1e-7) and expected[0] == pytest.approx(0.0, abs=1e-7)
+  assert min(kl[1:]) > 1e-6, kl
+  np.testing.assert_allclose(kl, expected, rtol=1e-3, atol=1e-8)
+
+  with pytest.raises(ValueError, match="kl_coef = 0.5 > 0 needs the reference policy"):
+    settings = rl.RLSettings.from_config(config)
+    rl.RLTrainer(None, settings, None, None)
