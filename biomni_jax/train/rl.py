@@ -259,7 +259,8 @@ class RLTrainer:
       reference_params=None,
   ):
     """reference_params: the policy the KL term holds the model to (the SFT params), a copy of its own
-    (train steps donate their state's buffers); required when settings.loss.kl_coef > 0, else unused."""
+    (train steps donate their state's buffers); required when settings.loss.kl_coef > 0, else unused.
+    """
     self.model_config, self.s, self.sharding, self.seed = model_config, settings, sharding, seed
     if settings.loss.kl_coef > 0 and reference_params is None:
       raise ValueError(
@@ -267,7 +268,9 @@ class RLTrainer:
           "params (reference_params), found None"
       )
     self.reference_params = reference_params if settings.loss.kl_coef > 0 else None
-    self.step_fields = STEP_FIELDS + (("ref_logprobs",) if self.reference_params is not None else ())
+    self.step_fields = STEP_FIELDS + (
+        ("ref_logprobs",) if self.reference_params is not None else ()
+    )
     loss_fn = make_rl_loss(model_config, settings.loss, settings.logprob_temperature, sharding)
     self.step_fn = make_train_step(
         model_config,
