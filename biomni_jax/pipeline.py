@@ -25,8 +25,8 @@ on a re-run, and the long stages resume from their own checkpoints when interrup
 
 Evaluation: `pipeline.eval.tasks_per_family` val instances of each family the teacher data covers
 (`pipeline.teacher.families`; RL trains on some or all of them, `rl.task_families`), `pipeline.eval.samples`
-episodes each, sampled with the RL rollout settings (temperature, limits) and the same seeds for all three
-models; score = the family's official grade. Config sections: everything configs/demo.py has for SFT, plus `rl`
+episodes each, sampled at `pipeline.eval.temperature` with the RL rollout's limits and the same seeds for
+all three models; score = the family's official grade. Config sections: everything configs/demo.py has for SFT, plus `rl`
 (the RL stage; configs/demo_rl.py runs it alone), `rl_optimizer`, and `pipeline` (teacher, pretrain, eval,
 sft_overrides, sft_copy_examples).
 """
@@ -161,7 +161,7 @@ def eval_settings(config):
 
   r, e = field(config, "rl.rollout"), field(config, "rl.engine")
   return ModelEvalSettings(
-      temperature=float(field(config, "rl.temperature", (int, float))),
+      temperature=float(field(config, "pipeline.eval.temperature", (int, float), minimum=0)),
       top_p=float(r.top_p),
       max_turns=int(r.max_turns),
       max_context_tokens=int(r.max_context_tokens),

@@ -138,8 +138,10 @@ def get_config() -> ml_collections.ConfigDict:
           eval_rows=16,
       )
   )
+  # Held-out evaluation of base, SFT and RL: val instances per family x samples, sampled at the recipe's
+  # temperature (its own knob: RL may sample at another, rl.temperature).
   pipeline.eval = ml_collections.ConfigDict(
-      dict(split="val", tasks_per_family=6, samples=2, seed=1000)
+      dict(split="val", tasks_per_family=6, samples=2, seed=1000, temperature=0.6)
   )
 
   # mode=eval (biomni_jax/eval/evaluate.py): one model -> DIR/eval.json (the table; an existing one is never
@@ -161,7 +163,7 @@ def get_config() -> ml_collections.ConfigDict:
           samples=pipeline.eval.samples,
           pass_at_k="",  # "" = 1 and samples
           seed=pipeline.eval.seed,
-          temperature=config.rl.temperature,
+          temperature=pipeline.eval.temperature,
           top_p=rollout.top_p,
           max_turns=rollout.max_turns,
           max_context_tokens=rollout.max_context_tokens,

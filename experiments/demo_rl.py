@@ -3,8 +3,9 @@
     python experiments/demo_rl.py --sft_workdir=/tmp/demo --workdir=/tmp/demo_rl_runs --seeds=0,1,2 \
         [--num_steps=8] [--eval_tasks_per_family=8] [--eval_samples=4]
 
-Success = the fraction of sampled episodes (temperature and limits of configs/demo_rl.py) whose answer the
-family's grader scores 1, over `eval_tasks_per_family` val-split instances of each family, `eval_samples`
+Success = the fraction of sampled episodes (the demo pipeline's evaluation temperature,
+pipeline.eval.temperature, and the rollout limits of configs/demo_rl.py) whose answer the family's grader
+scores 1, over `eval_tasks_per_family` val-split instances of each family, `eval_samples`
 episodes each, through the same rollout pool RL trains with. Each seed runs RL from the same SFT weights
 (rl.init_from_sft) with its own task order and sampling seeds, then is evaluated; the margin is the mean
 over seeds of (after - before), with its standard error (sample std over seeds / sqrt(seeds)), overall
@@ -53,6 +54,7 @@ def evaluate(
     tasks_per_family: int,
     samples: int,
     seed: int,
+    temperature: float,
 ) -> dict:
   """Mean success / correctness / format of `samples` episodes on each val instance, via the rollout pool."""
   from biomni_jax.env.sandbox import SandboxPool
@@ -66,6 +68,7 @@ def evaluate(
           "rl.task_split": "val",
           "rl.tasks_per_family": tasks_per_family,
           "rl.group_size": samples,
+          "rl.temperature": temperature,
           "seed": seed,
       }
   )
@@ -123,9 +126,8 @@ def main(argv):
   model_cfg, sft_params, tokenizer, _ = rl_run.load_sft_run(
       base.rl.init_from_sft, ShardingRules(make_mesh())
   )
-  families_evaluated = _EVAL_FAMILIES.value or list(
-      load_config_file(REPO / "configs" / "demo.py").pipeline.teacher.families
-  )
+  pipeline = load_config_file(REPO / "configs" / "demo.py").pipeline
+  families_evaluated = _EVAL_FAMILIES.value or list(pipeline.teacher.families)
   results = {"before": [], "after": [], "rl_seconds": []}
   families = {"before": [], "after": []}
 
@@ -139,6 +141,7 @@ def main(argv):
         _EVAL_TASKS.value,
         _EVAL_SAMPLES.value,
         1000 + seed,
+        pipeline.eval.temperature,
     )
 
   for seed in [int(s) for s in _SEEDS.value]:

@@ -91,6 +91,10 @@ def test_stage_configs_split_the_pipeline_config(tmp_path):
   rl = pipeline.rl_config(config, str(tmp_path))
   assert rl.mode == "rl" and rl.rl.init_from_sft == str(tmp_path / "sft")
   assert rl.optimizer.lr == config.rl_optimizer.lr != config.optimizer.lr
+  # Evaluation samples at pipeline.eval.temperature whatever temperature RL samples at.
+  hot = demo_config(**{"rl.temperature": 1.0, "pipeline.eval.temperature": 0.6})
+  assert pipeline.eval_settings(hot).temperature == 0.6 and rl.rl.temperature == 0.6
+  assert pipeline.rl_config(hot, str(tmp_path)).rl.temperature == 1.0
 
 
 def test_unknown_teacher_family_or_sft_override_is_a_config_error(tmp_path):
