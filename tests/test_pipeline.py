@@ -93,8 +93,13 @@ def test_stage_configs_split_the_pipeline_config(tmp_path):
   assert rl.optimizer.lr == config.rl_optimizer.lr != config.optimizer.lr
   # Evaluation samples at pipeline.eval.temperature whatever temperature RL samples at.
   hot = demo_config(**{"rl.temperature": 1.0, "pipeline.eval.temperature": 0.6})
-  assert pipeline.eval_settings(hot).temperature == 0.6 and rl.rl.temperature == 0.6
+  cold = demo_config(**{"rl.temperature": 0.6, "pipeline.eval.temperature": 0.3})
+  assert (
+      pipeline.eval_settings(hot).temperature == 0.6
+      and pipeline.eval_settings(cold).temperature == 0.3
+  )
   assert pipeline.rl_config(hot, str(tmp_path)).rl.temperature == 1.0
+  assert pipeline.rl_config(cold, str(tmp_path)).rl.temperature == 0.6
 
 
 def test_unknown_teacher_family_or_sft_override_is_a_config_error(tmp_path):
@@ -109,7 +114,9 @@ def test_unknown_teacher_family_or_sft_override_is_a_config_error(tmp_path):
   # RL on a family the teacher data never taught: named before any stage runs, nothing written.
   untaught = demo_config(**{"pipeline.teacher.families": ["sequence_qa"]})
   with pytest.raises(
-      ConfigError, match="rl.task_families': \\['locus_causal_gene'\\] not in pipeline.teacher"
+      ConfigError,
+      match="rl.task_families': \\['locus_causal_gene', 'patient_gene_detection', "
+      "'rare_disease_diagnosis'\\] not in pipeline.teacher",
   ):
     pipeline.run_pipeline(untaught, str(tmp_path / "untaught"))
   assert not (tmp_path / "untaught").exists()

@@ -50,6 +50,7 @@ def demo_rl_config(**overrides):
       "rl.tensorboard": False,
       "rl.progress_bar": False,
       "rl.temperature": 1.0,
+      "rl.loss.kl_coef": 0.0,  # the policy gradient alone (test_kl_term_... turns the term on)
       "optimizer.lr": 1e-2,
   }
   fast.update(overrides)
