@@ -194,14 +194,14 @@ def train_rl(config, workdir: str, *, pool_factory: Optional[PoolFactory] = None
         f"{len(tasks)}: raise rl.epochs or rl.tasks_per_family, or lower rl.num_steps"
     )
   optimizer, schedule = run_setup.run_optimizer(config, total_steps * s.num_minibatches)
-  try:
-    # The KL term's reference is the initial (SFT, or random) policy, also after a resume; a copy,
-    # because the first train step donates the buffers the initial state shares with init_params.
-    reference = None
-    if s.loss.kl_coef > 0:
-      if init_params is None:
-        init_params = random_init_params(model_cfg, seed, sharding)
-      reference = jax.tree.map(lambda x: x.copy(), init_params)
+  # The KL term's reference is the initial (SFT, or random) policy, also after a resume; a copy,
+  # because the first train step donates the buffers the initial state shares with init_params.
+  reference = None
+  if s.loss.kl_coef > 0:
+    if init_params is None:
+      init_params = random_init_params(model_cfg, seed, sharding)
+    reference = jax.tree.map(lambda x: x.copy(), init_params)
+  try:  # with the reference given, only the rows' split over the mesh can fail here
     trainer = RLTrainer(
         model_cfg,
         s,

@@ -321,6 +321,6 @@ def test_kl_term_holds_the_policy_to_the_initial_params(tmp_path, monkeypatch, c
   assert min(kl[1:]) > 1e-6, kl
   np.testing.assert_allclose(kl, expected, rtol=1e-3, atol=1e-8)
 
+  settings = rl.RLSettings.from_config(config)
   with pytest.raises(ValueError, match="kl_coef = 0.5 > 0 needs the reference policy"):
-    settings = rl.RLSettings.from_config(config)
     rl.RLTrainer(None, settings, None, None)
