@@ -306,6 +306,18 @@ class RLTrainer:
         seed=self.seed * 1_000_003 + rl_step + 1_000_000_007 * distributed.process_index(),
     )
 
+  def add_logprobs(self, params, minibatches: list[dict[str, np.ndarray]]) -> None:
+    """Adds to each mini-batch old_logprobs under `params` (the step's first) and, with the KL term,
+    ref_logprobs under the reference params: the fields of self.step_fields the rows lack."""
+    for rows in minibatches:
+      rows["old_logprobs"] = recompute_logprobs(
+          self.logprob_fn, params, rows, self.local_logprob_rows, self.sharding
+      )
+      if self.reference_params is not None:
+        rows["ref_logprobs"] = recompute_logprobs(
+            self.logprob_fn, self.reference_params, rows, self.local_logprob_rows, self.sharding
+        )
+
   def train_on_groups(
       self, state: TrainState, groups: Sequence[Any], rl_step: int
   ) -> tuple[TrainState, dict[str, float]]:
@@ -315,14 +327,7 @@ class RLTrainer:
     minibatches, adv = self.build(groups, rl_step)
     minibatches = pad_to_common_rows(minibatches)
     t0 = time.perf_counter()
-    for rows in minibatches:
-      rows["old_logprobs"] = recompute_logprobs(
-          self.logprob_fn, state.params, rows, self.local_logprob_rows, self.sharding
-      )
-      if self.reference_params is not None:
-        rows["ref_logprobs"] = recompute_logprobs(
-            self.logprob_fn, self.reference_params, rows, self.local_logprob_rows, self.sharding
-        )
+    self.add_logprobs(state.params, minibatches)
     logprob_seconds = time.perf_counter() - t0
     mismatch = [sampler_mismatch(rows["old_logprobs"], rows) for rows in minibatches]
     sums, step_metrics = None, []

@@ -248,15 +248,11 @@ def replay_rows(args, rl, rl_run, records):
                 if name != "old_logprobs"
             }
         )
-      for (
-          rows
-      ) in minibatches:  # as train_on_groups: every old log-prob under the step's first params
-        rows["old_logprobs"] = rl.recompute_logprobs(
-            trainer.logprob_fn, state.params, rows, rows["tokens"].shape[0], trainer.sharding
-        )
+      # As train_on_groups: every old log-prob under the step's first params (and the reference's).
+      trainer.add_logprobs(state.params, minibatches)
       for rows in minibatches:
         placed = {
-            name: jax.device_put(rows[name], trainer.batch_sharding) for name in rl.STEP_FIELDS
+            name: jax.device_put(rows[name], trainer.batch_sharding) for name in trainer.step_fields
         }
         state, _ = trainer.step_fn(state, placed)
       print(json.dumps({"kind": "replay", **records[-1]}), flush=True)
